@@ -43,34 +43,42 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 PROGS      := $(if $(wildcard server/main.c),$(BUILD)/hdserver) $(if $(wildcard worker/main.c),$(BUILD)/hdworker)
 
-.PHONY: all test test-run check deps clean checksrc noopt bench-core benches
+.PHONY: all test test-run check deps clean checksrc noopt bench-core bench-sinusoid bench-sinusoid-quick
 all: $(PROGS) $(TEST_BIN) $(BENCH_BIN)
+
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
 $(LIBCOMMON): $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 $(LIBSERVER): $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 $(LIBWORKER): $(WORKER_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/hdserver: $(BUILD)/obj/server/main.o $(ALL_LIBS)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 $(BUILD)/hdworker: $(BUILD)/obj/worker/main.o $(ALL_LIBS)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 
 # Debian packages the project needs; installed with apt-get when missing.
 DEB_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
@@ -107,6 +115,14 @@ checksrc:
 bench-core: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_core
 	@$(BUILD)/bench/bench_core
+
+bench-sinusoid: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_sinusoid
+	@$(BUILD)/bench/bench_sinusoid
+
+bench-sinusoid-quick: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_sinusoid
+	@$(BUILD)/bench/bench_sinusoid --quick
 
 clean:
 	rm -rf build

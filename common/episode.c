@@ -21,8 +21,12 @@ struct episode {
     int guard;              /* skip non-finite steps */
     size_t n_s, n_q;        /* support / query rows */
     size_t nw, nl;          /* sizes of w and lam */
-    const double *phi, *xs, *ys, *xq, *yq; /* borrowed task and init */
-    mlp_feat_t *fs, *fq;    /* features of support / query at the current lam */
+    size_t wk;              /* width of the top lam layer (0 if no lam layers) */
+    size_t din;             /* input width */
+    const double *phi, *ys, *yq; /* borrowed init and targets */
+    double *xsq;            /* support rows then query rows, (n_s + n_q) x din */
+    mlp_feat_t *f;          /* features of xsq at the current lam */
+    size_t f_rows;          /* rows of xsq the cache holds (n_s or n_s + n_q) */
     double *w, *v;          /* s_t */
     double *wprev;          /* w_{t-1} (onestep) */
     double *wstar;          /* hyperdistill distilled w*_t */
@@ -30,21 +34,26 @@ struct episode {
     double *aw, *av;        /* cotangents */
     double *aw2, *av2;      /* next cotangents */
     double *alpha;          /* dL_val/dw at the end point */
+    double *c;              /* the VJP direction c = a_v - eta a_w */
+    double *gw;             /* inner gradient */
     double *gfo;            /* dL_val/dlam */
     double *vt;             /* a VJP's lam block */
     double *acc;            /* accumulated second-order term */
     double *term, *psum;    /* Neumann series */
     double *hw;             /* H_ww products */
-    double *scratch;        /* 2 nw for inner_vjp / inner_step */
+    double *pt;             /* an interpolated point */
     double *wsave, *vsave;  /* state before a guarded step */
+    double *top;            /* cotangents on A_k: support rows then query rows */
+    double *top2;           /* one support block of cotangents on A_k */
 };
 
 hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, size_t n_s,
                   size_t n_q, episode_t **out, hd_err *err) {
     if (T < 1) return hd_err_set(err, HD_EINVAL, "inner.steps: must be >= 1, got %d", T);
-    if (n_s < 1 || n_q < 1 || n_s > mlp_max_batch(m) || n_q > mlp_max_batch(m))
-        return hd_err_set(err, HD_EINVAL, "episode: support %zu / query %zu rows exceed batch %zu",
-                          n_s, n_q, mlp_max_batch(m));
+    if (n_s < 1 || n_q < 1 || n_s + n_q > mlp_max_batch(m))
+        return hd_err_set(err, HD_EINVAL,
+                          "episode: support %zu + query %zu rows exceed the model's batch %zu", n_s,
+                          n_q, mlp_max_batch(m));
     episode_t *e = calloc(1, sizeof *e);
     if (!e) return hd_err_set(err, HD_ENOMEM, "episode: out of memory");
     e->m = m;
@@ -55,18 +64,23 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
     e->n_q = n_q;
     e->nw = mlp_n_w(m);
     e->nl = mlp_n_lam(m);
-    size_t nw = e->nw, nl = e->nl ? e->nl : 1;
-    hd_rc rc = mlp_feat_new(m, n_s, &e->fs, err);
-    if (rc == HD_OK) rc = mlp_feat_new(m, n_q, &e->fq, err);
-    double **bufs_w[] = {&e->w, &e->v, &e->wprev, &e->wstar, &e->aw, &e->av, &e->aw2,
-                         &e->av2, &e->alpha, &e->term, &e->psum, &e->hw, &e->wsave, &e->vsave};
+    e->din = mlp_in_dim(m);
+    size_t k = mlp_hyper_layers(m);
+    e->wk = k ? mlp_width(m, k) : 0;
+    size_t nw = e->nw, nl = e->nl ? e->nl : 1, wk = e->wk ? e->wk : 1;
+    hd_rc rc = mlp_feat_new(m, n_s + n_q, &e->f, err);
+    double **bufs_w[] = {&e->w,  &e->v,  &e->wprev, &e->wstar, &e->aw,   &e->av,
+                         &e->aw2, &e->av2, &e->alpha, &e->c,    &e->gw,   &e->term,
+                         &e->psum, &e->hw, &e->pt,    &e->wsave, &e->vsave};
     double **bufs_l[] = {&e->gfo, &e->vt, &e->acc};
     int fail = rc != HD_OK;
     for (size_t i = 0; i < sizeof bufs_w / sizeof *bufs_w; i++)
         fail |= !(*bufs_w[i] = calloc(nw, sizeof(double)));
     for (size_t i = 0; i < sizeof bufs_l / sizeof *bufs_l; i++)
         fail |= !(*bufs_l[i] = calloc(nl, sizeof(double)));
-    fail |= !(e->scratch = calloc(2 * nw, sizeof(double)));
+    fail |= !(e->xsq = calloc((n_s + n_q) * e->din, sizeof(double)));
+    fail |= !(e->top = calloc((n_s + n_q) * wk, sizeof(double)));
+    fail |= !(e->top2 = calloc(n_s * wk, sizeof(double)));
     fail |= !(e->traj = calloc((size_t)(T + 1) * nw, sizeof(double)));
     if (fail) {
         episode_free(e);
@@ -78,24 +92,30 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
 
 void episode_free(episode_t *e) {
     if (!e) return;
-    mlp_feat_free(e->fs);
-    mlp_feat_free(e->fq);
-    double *all[] = {e->w,   e->v,    e->wprev, e->wstar, e->aw,  e->av,   e->aw2,
-                     e->av2, e->alpha, e->term, e->psum,  e->hw,  e->wsave, e->vsave,
-                     e->gfo, e->vt,   e->acc,   e->scratch, e->traj};
+    mlp_feat_free(e->f);
+    double *all[] = {e->w,    e->v,     e->wprev, e->wstar, e->aw,    e->av,  e->aw2,
+                     e->av2,  e->alpha, e->c,     e->gw,    e->term,  e->psum, e->hw,
+                     e->pt,   e->wsave, e->vsave, e->gfo,   e->vt,    e->acc, e->xsq,
+                     e->top,  e->top2,  e->traj};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
     free(e);
 }
 
 void episode_set_guard(episode_t *e, int skip_nonfinite) { e->guard = skip_nonfinite; }
 
+/* Stack the support and query inputs so that one product per layer computes
+ * the features of both. */
+static void set_inputs(episode_t *e, const double *xs, const double *xq) {
+    memcpy(e->xsq, xs, e->n_s * e->din * sizeof(double));
+    memcpy(e->xsq + e->n_s * e->din, xq, e->n_q * e->din * sizeof(double));
+}
+
 void episode_begin(episode_t *e, const double *phi, const double *xs, const double *ys,
                    const double *xq, const double *yq) {
     e->phi = phi;
-    e->xs = xs;
     e->ys = ys;
-    e->xq = xq;
     e->yq = yq;
+    set_inputs(e, xs, xq);
     e->t = 0;
     vec_copy(e->nw, e->w, phi);
     vec_zero(e->nw, e->v);
@@ -106,38 +126,70 @@ int episode_t_done(const episode_t *e) { return e->t; }
 const double *episode_w(const episode_t *e) { return e->w; }
 const double *episode_v(const episode_t *e) { return e->v; }
 
+/* Features of the first `rows` stacked rows (n_s: support only; n_s + n_q). */
+static void features(episode_t *e, const double *lam, size_t rows) {
+    mlp_feat_compute(e->m, e->f, lam, e->xsq, rows);
+    e->f_rows = rows;
+}
+
 double episode_val_loss(episode_t *e, const double *lam) {
-    mlp_feat_compute(e->m, e->fq, lam, e->xq, e->n_q);
-    return mlp_forward_f(e->m, e->fq, e->w, e->yq, NULL);
+    features(e, lam, e->n_s + e->n_q);
+    return mlp_upper_grad(e->m, e->f, e->n_s, e->n_q, lam, e->w, e->yq, e->gw, NULL);
 }
 
-/* a_lam of the VJP of Phi at (w, lam, D) with cotangent (a_w, 0):
- * c = -eta a_w, a_lam = H_lw c. One HVP. */
-static void vjp_lam(episode_t *e, const double *lam, const double *w, const double *a_w,
-                    double *out_lam) {
-    vec_zero(e->nw, e->av2);
-    inner_vjp(e->m, e->fs, e->ic, lam, w, e->ys, a_w, e->av2, NULL, NULL, out_lam, e->scratch);
+/* Phi on the support rows: v' = mu v + g, w' = w - eta v'. Returns the loss. */
+static double inner_update(episode_t *e, const double *lam, double *w, double *v) {
+    double loss = mlp_upper_grad(e->m, e->f, 0, e->n_s, lam, w, e->ys, e->gw, NULL);
+    double mu = e->ic->momentum, eta = e->ic->lr;
+    for (size_t i = 0; i < e->nw; i++) {
+        v[i] = mu * v[i] + e->gw[i];
+        w[i] -= eta * v[i];
+    }
+    return loss;
 }
 
-/* Reverse pass from cotangent (alpha, 0) at w_T over points w_{i-1}; the
- * point of step i is given by `point`. Accumulates the lam cotangents. */
-static const double *drmad_point(episode_t *e, int i, double *buf) {
-    /* s^_{i-1} = (1 - (i-1)/T) s_0 + ((i-1)/T) s_T */
-    double f = (double)(i - 1) / (double)e->T;
-    vec_lincomb(e->nw, buf, 1.0 - f, e->traj, f, e->traj + (size_t)e->T * e->nw);
-    return buf;
-}
-
-static void reverse_pass(episode_t *e, const double *lam, int interpolate, double *acc) {
+/* w-part of a VJP of Phi at point w with cotangent (a_w, a_v) (section 2):
+ * c = a_v - eta a_w; out_w = a_w + H_ww c; out_v = mu c; and the cotangent
+ * on A_k whose lower backward is H_lw c goes to Rtop (n_s x wk) when
+ * non-NULL. One HVP. */
+static void vjp_upper(episode_t *e, const double *lam, const double *w, const double *a_w,
+                      const double *a_v, double *out_w, double *out_v, double *Rtop) {
     size_t nw = e->nw;
+    double eta = e->ic->lr, mu = e->ic->momentum;
+    for (size_t i = 0; i < nw; i++) e->c[i] = (a_v ? a_v[i] : 0.0) - eta * a_w[i];
+    mlp_upper_hvp(e->m, e->f, 0, e->n_s, lam, w, e->ys, e->c, e->hw, e->nl ? Rtop : NULL);
+    if (out_w)
+        for (size_t i = 0; i < nw; i++) out_w[i] = a_w[i] + e->hw[i];
+    if (out_v)
+        for (size_t i = 0; i < nw; i++) out_v[i] = mu * e->c[i];
+}
+
+/* g (nl) = lower backward of the cotangents on A_k of rows [r0, r0+n). */
+static void lower(episode_t *e, const double *lam, size_t r0, size_t n, const double *top,
+                  double *g) {
+    if (e->nl) mlp_lower_backward(e->m, e->f, r0, n, lam, top, g);
+}
+
+/* The DrMAD point s^_{i-1} = (1 - (i-1)/T) s_0 + ((i-1)/T) s_T. */
+static const double *drmad_point(episode_t *e, int i) {
+    double f = (double)(i - 1) / (double)e->T;
+    vec_lincomb(e->nw, e->pt, 1.0 - f, e->traj, f, e->traj + (size_t)e->T * e->nw);
+    return e->pt;
+}
+
+/* Reverse pass from cotangent (alpha, 0) at w_T over the stored (rmd) or
+ * interpolated (drmad) points. The lam cotangents of all T VJPs share the
+ * support rows at the same lam, so their A_k cotangents are summed into the
+ * support block of e->top and pushed through the lam layers once. */
+static void reverse_pass(episode_t *e, const double *lam, int interpolate) {
+    size_t nw = e->nw, blk = e->n_s * e->wk;
     vec_copy(nw, e->aw, e->alpha);
     vec_zero(nw, e->av);
-    vec_zero(e->nl, acc);
+    vec_zero(blk, e->top);
     for (int i = e->T; i >= 1; i--) {
-        const double *pt = interpolate ? drmad_point(e, i, e->hw) : e->traj + (size_t)(i - 1) * nw;
-        inner_vjp(e->m, e->fs, e->ic, lam, pt, e->ys, e->aw, e->av, e->aw2, e->av2, e->vt,
-                  e->scratch);
-        vec_axpy(e->nl, acc, 1.0, e->vt);
+        const double *p = interpolate ? drmad_point(e, i) : e->traj + (size_t)(i - 1) * nw;
+        vjp_upper(e, lam, p, e->aw, e->av, e->aw2, e->av2, e->top2);
+        vec_axpy(blk, e->top, 1.0, e->top2);
         double *t = e->aw;
         e->aw = e->aw2;
         e->aw2 = t;
@@ -154,15 +206,17 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
     memset(info, 0, sizeof *info);
     if (e->t >= e->T) return HD_ECONFLICT;
     const method_cfg *mc = e->mc;
-    size_t nw = e->nw, nl = e->nl;
+    size_t nw = e->nw, nl = e->nl, n_s = e->n_s, n_q = e->n_q, blk = n_s * e->wk;
     int t = ++e->t;
-    mlp_feat_compute(e->m, e->fs, lam, e->xs, e->n_s);
+    int posts = method_posts_at(mc, t, e->T) && !replay;
+    features(e, lam, posts || t == e->T ? n_s + n_q : n_s);
 
     /* Before the step: the points that need s_{t-1}. */
     if (mc->kind == METHOD_HYPERDISTILL) {
         if (t == 1) {
             vec_copy(nw, e->wstar, e->w);
         } else {
+            /* p_t = (gamma - gamma^t) / (1 - gamma^t) */
             double gt = pow(mc->gamma, (double)t);
             double p = (mc->gamma - gt) / (1.0 - gt);
             vec_lincomb(nw, e->wstar, p, e->wstar, 1.0 - p, e->w);
@@ -174,8 +228,7 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
         vec_copy(nw, e->wsave, e->w);
         vec_copy(nw, e->vsave, e->v);
     }
-
-    info->train_loss = inner_step(e->m, e->fs, e->ic, lam, e->w, e->v, e->ys, e->w, e->v, e->scratch);
+    info->train_loss = inner_update(e, lam, e->w, e->v);
     int bad = !isfinite(info->train_loss) || !vec_all_finite(nw, e->w);
     if (bad) {
         info->nonfinite = 1;
@@ -185,16 +238,16 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
         }
     }
     vec_copy(nw, e->traj + (size_t)t * nw, e->w);
-
-    int posts = method_posts_at(mc, t, e->T);
-    if (replay || (!posts && t < e->T)) return HD_OK;
-
-    mlp_feat_compute(e->m, e->fq, lam, e->xq, e->n_q);
+    if (replay) return HD_OK;
     if (!posts) {
-        info->val_loss = mlp_forward_f(e->m, e->fq, e->w, e->yq, NULL);
+        if (t == e->T)
+            info->val_loss = mlp_upper_grad(e->m, e->f, n_s, n_q, lam, e->w, e->yq, e->gw, NULL);
         return HD_OK;
     }
-    info->val_loss = mlp_grad_f(e->m, e->fq, lam, e->w, e->yq, e->gfo, e->alpha);
+    /* alpha_t = dL_val/dw_t and the query rows' cotangent on A_k (gFO). */
+    double *topQ = e->top + blk;
+    info->val_loss =
+        mlp_upper_grad(e->m, e->f, n_s, n_q, lam, e->w, e->yq, e->alpha, nl ? topQ : NULL);
     if (bad && e->guard) {
         vec_zero(nl, g);
         info->posted = 1;
@@ -202,33 +255,37 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
     }
     switch (mc->kind) {
     case METHOD_FO:
-        vec_copy(nl, g, e->gfo);
+        lower(e, lam, n_s, n_q, topQ, g);
         break;
     case METHOD_ONESTEP:
-        vjp_lam(e, lam, e->wprev, e->alpha, e->vt);
+        /* g = gFO + alpha B(s_{t-1}): one pass over the stacked rows. */
+        vjp_upper(e, lam, e->wprev, e->alpha, NULL, NULL, NULL, e->top);
         info->vjps = 1;
-        vec_lincomb(nl, g, 1.0, e->gfo, 1.0, e->vt);
+        lower(e, lam, 0, n_s + n_q, e->top, g);
         break;
-    case METHOD_HYPERDISTILL: {
-        vjp_lam(e, lam, e->wstar, e->alpha, e->vt);
+    case METHOD_HYPERDISTILL:
+        vjp_upper(e, lam, e->wstar, e->alpha, NULL, NULL, NULL, e->top);
         info->vjps = 1;
-        double vn = vec_nrm2(nl, e->vt);
-        info->vnorm = vn;
         if (mc->pi_unit) {
+            lower(e, lam, 0, n_s, e->top, e->vt);
+            lower(e, lam, n_s, n_q, topQ, e->gfo);
+            double vn = sqrt(vec_dot(nl, e->vt, e->vt));
+            info->vnorm = vn;
             vec_copy(nl, g, e->gfo);
             if (vn > 0.0) vec_axpy(nl, g, 1.0 / vn, e->vt);
         } else {
-            /* pi_t v_t / ||v_t|| = theta S_t v_t, S_t = (1 - gamma^t) / (1 - gamma) */
+            /* pi_t v_t / ||v_t|| = theta S_t v_t with S_t = (1 - gamma^t) / (1 - gamma):
+             * scale the support cotangents, then one pass over the stacked rows. */
             double S = (1.0 - pow(mc->gamma, (double)t)) / (1.0 - mc->gamma);
-            vec_lincomb(nl, g, 1.0, e->gfo, theta * S, e->vt);
+            vec_scale(blk, e->top, theta * S);
+            lower(e, lam, 0, n_s + n_q, e->top, g);
         }
         break;
-    }
     case METHOD_RMD:
     case METHOD_DRMAD:
-        reverse_pass(e, lam, mc->kind == METHOD_DRMAD, e->acc);
+        reverse_pass(e, lam, mc->kind == METHOD_DRMAD);
         info->vjps = e->T;
-        vec_lincomb(nl, g, 1.0, e->gfo, 1.0, e->acc);
+        lower(e, lam, 0, n_s + n_q, e->top, g);
         break;
     case METHOD_NEUMANN: {
         /* p = sum_{j=0..N} (I - eta_N H_ww)^j alpha;  g = gFO - eta_N H_lw p */
@@ -236,36 +293,36 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
         vec_copy(nw, e->term, e->alpha);
         vec_copy(nw, e->psum, e->alpha);
         for (int j = 1; j <= mc->neumann_n; j++) {
-            mlp_hvp_f(e->m, e->fs, lam, e->w, e->ys, NULL, e->term, NULL, e->hw, NULL);
+            mlp_upper_hvp(e->m, e->f, 0, n_s, lam, e->w, e->ys, e->term, e->hw, NULL);
             vec_axpy(nw, e->term, -eta, e->hw);
             vec_axpy(nw, e->psum, 1.0, e->term);
         }
-        mlp_hvp_f(e->m, e->fs, lam, e->w, e->ys, NULL, e->psum, e->vt, e->hw, NULL);
+        mlp_upper_hvp(e->m, e->f, 0, n_s, lam, e->w, e->ys, e->psum, e->hw, nl ? e->top : NULL);
         info->vjps = mc->neumann_n + 1;
-        vec_lincomb(nl, g, 1.0, e->gfo, -eta, e->vt);
+        vec_scale(blk, e->top, -eta);
+        lower(e, lam, 0, n_s + n_q, e->top, g);
         break;
     }
     default:
         HD_ASSERT(0);
     }
     info->posted = 1;
-    info->grad_norm = vec_nrm2(nl, g);
-    if (!vec_all_finite(nl, g)) info->nonfinite = 1;
+    info->grad_norm = sqrt(vec_dot(nl, g, g));
+    if (!isfinite(info->grad_norm)) info->nonfinite = 1;
     return HD_OK;
 }
 
 hd_rc episode_estimate(episode_t *e, const double *lam, double gamma, double *x, double *y,
                        linest_sums *sums, long *vjps, hd_err *err) {
-    size_t nw = e->nw, nl = e->nl;
+    size_t nw = e->nw, nl = e->nl, n_s = e->n_s, blk = n_s * e->wk;
     int T = e->T;
-    mlp_feat_compute(e->m, e->fs, lam, e->xs, e->n_s);
-    mlp_feat_compute(e->m, e->fq, lam, e->xq, e->n_q);
+    features(e, lam, n_s + e->n_q);
     /* Forward, storing w_0 .. w_T. */
     vec_copy(nw, e->w, e->phi);
     vec_zero(nw, e->v);
     vec_copy(nw, e->traj, e->w);
     for (int t = 1; t <= T; t++) {
-        inner_step(e->m, e->fs, e->ic, lam, e->w, e->v, e->ys, e->w, e->v, e->scratch);
+        inner_update(e, lam, e->w, e->v);
         vec_copy(nw, e->traj + (size_t)t * nw, e->w);
     }
     e->t = 0;
@@ -274,18 +331,18 @@ hd_rc episode_estimate(episode_t *e, const double *lam, double gamma, double *x,
     if (!vec_all_finite((size_t)(T + 1) * nw, e->traj))
         return hd_err_set(err, HD_ENONFINITE, "estimation: inner trajectory is not finite");
     /* alpha_T = dL_val(w_T)/dw */
-    mlp_grad_f(e->m, e->fq, lam, e->traj + (size_t)T * nw, e->yq, NULL, e->alpha);
+    mlp_upper_grad(e->m, e->f, n_s, e->n_q, lam, e->traj + (size_t)T * nw, e->yq, e->alpha, NULL);
     vec_copy(nw, e->aw, e->alpha);
     vec_zero(nw, e->av);
-    vec_zero(nl, e->acc);
+    vec_zero(blk, e->top); /* support block: sum of the DrMAD A_k cotangents */
     long count = 0;
     for (int t = T; t >= 1; t--) {
         int s = T - t + 1;
-        /* DrMAD reverse step at s^_{t-1}. */
-        inner_vjp(e->m, e->fs, e->ic, lam, drmad_point(e, t, e->hw), e->ys, e->aw, e->av, e->aw2,
-                  e->av2, e->vt, e->scratch);
+        /* DrMAD reverse step at s^_{t-1}; gSO = lower backward of the sum. */
+        vjp_upper(e, lam, drmad_point(e, t), e->aw, e->av, e->aw2, e->av2, e->top2);
         count++;
-        vec_axpy(nl, e->acc, 1.0, e->vt);
+        vec_axpy(blk, e->top, 1.0, e->top2);
+        lower(e, lam, 0, n_s, e->top, e->acc);
         double *tmp = e->aw;
         e->aw = e->aw2;
         e->aw2 = tmp;
@@ -300,13 +357,14 @@ hd_rc episode_estimate(episode_t *e, const double *lam, double gamma, double *x,
             double p = (1.0 - pow(gamma, (double)(s - 1))) / (1.0 - pow(gamma, (double)s));
             vec_lincomb(nw, e->wstar, p, e->wstar, 1.0 - p, w_Tms);
         }
-        vjp_lam(e, lam, e->wstar, e->alpha, e->vt);
+        /* v_s = alpha_T B(s*_s): cotangent (alpha_T, 0). */
+        vjp_upper(e, lam, e->wstar, e->alpha, NULL, NULL, NULL, e->top2);
+        lower(e, lam, 0, n_s, e->top2, e->vt);
         count++;
-        double vn = vec_nrm2(nl, e->vt);
+        double vn = sqrt(vec_dot(nl, e->vt, e->vt));
         double S = (1.0 - pow(gamma, (double)s)) / (1.0 - gamma);
-        double xs = vn * S, ys = vn > 0.0 ? vec_dot(nl, e->vt, e->acc) / vn : 0.0;
-        x[s - 1] = xs;
-        y[s - 1] = ys;
+        x[s - 1] = vn * S;
+        y[s - 1] = vn > 0.0 ? vec_dot(nl, e->vt, e->acc) / vn : 0.0;
     }
     if (sums)
         for (int s = 0; s < T; s++) linest_add(sums, x[s], y[s]);
@@ -317,13 +375,14 @@ hd_rc episode_estimate(episode_t *e, const double *lam, double gamma, double *x,
 double episode_eval(episode_t *e, const double *lam, const double *phi, const double *xs,
                     const double *ys, const double *xq, const double *yq) {
     size_t nw = e->nw;
-    mlp_feat_compute(e->m, e->fs, lam, xs, e->n_s);
+    set_inputs(e, xs, xq);
+    e->ys = ys;
+    e->yq = yq;
+    features(e, lam, e->n_s + e->n_q);
     vec_copy(nw, e->w, phi);
     vec_zero(nw, e->v);
-    for (int t = 1; t <= e->T; t++)
-        inner_step(e->m, e->fs, e->ic, lam, e->w, e->v, ys, e->w, e->v, e->scratch);
-    mlp_feat_compute(e->m, e->fq, lam, xq, e->n_q);
-    double loss = mlp_forward_f(e->m, e->fq, e->w, yq, NULL);
+    for (int t = 1; t <= e->T; t++) inner_update(e, lam, e->w, e->v);
+    double loss = mlp_upper_grad(e->m, e->f, e->n_s, e->n_q, lam, e->w, yq, e->gw, NULL);
     e->t = 0;
     return loss;
 }

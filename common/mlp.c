@@ -240,21 +240,22 @@ typedef struct {
     size_t n;
 } acts_t;
 
-static void acts_bind(const mlp_t *m, const mlp_feat_t *f, acts_t *a) {
-    a->n = f->n;
-    a->A[0] = f->x;
+static void acts_bind(const mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, acts_t *a) {
+    HD_ASSERT(r0 + n <= f->n && n <= m->max_batch);
+    a->n = n;
+    a->A[0] = f->x + r0 * m->widths[0];
     a->Z[0] = NULL;
     for (size_t l = 1; l <= m->L; l++) {
-        a->A[l] = l <= m->k ? f->A[l] : m->A[l];
-        a->Z[l] = l <= m->k ? f->Z[l] : m->Z[l];
+        a->A[l] = l <= m->k ? f->A[l] + r0 * m->widths[l] : m->A[l];
+        a->Z[l] = l <= m->k ? f->Z[l] + r0 * m->widths[l] : m->Z[l];
     }
     a->A[m->L] = a->Z[m->L];
 }
 
 /* Forward through the w layers; returns the loss and writes dL/df into G. */
-static double upper_forward(mlp_t *m, const mlp_feat_t *f, const double *w, const double *y,
-                            acts_t *a, double *G) {
-    acts_bind(m, f, a);
+static double upper_forward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t rows,
+                            const double *w, const double *y, acts_t *a, double *G) {
+    acts_bind(m, f, r0, rows, a);
     size_t n = a->n;
     for (size_t l = m->k + 1; l <= m->L; l++)
         layer_forward(m, l, n, a->A[l - 1], layer_params(m, l, NULL, w), m->Z[l], m->A[l]);
@@ -292,7 +293,7 @@ static double upper_forward(mlp_t *m, const mlp_feat_t *f, const double *w, cons
 
 double mlp_forward_f(mlp_t *m, const mlp_feat_t *f, const double *w, const double *y, double *out) {
     acts_t a;
-    double loss = upper_forward(m, f, w, y, &a, NULL);
+    double loss = upper_forward(m, f, 0, f->n, w, y, &a, NULL);
     if (out) memcpy(out, m->Z[m->L], a.n * m->widths[m->L] * sizeof(double));
     return loss;
 }
@@ -321,15 +322,21 @@ static void layer_input_grad(const mlp_t *m, size_t l, size_t n, const double *d
                 P, (int)in, beta, dA, (int)in);
 }
 
-double mlp_grad_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
-                  const double *y, double *g_lam, double *g_w) {
+/* Gradient over rows [r0, r0+n). With dtop (g_lam NULL, k >= 1) the
+ * cotangent of the top lam layer's activations A_k is written to dtop. */
+static double grad_core(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n_rows,
+                        const double *lam, const double *w, const double *y, double *g_lam,
+                        double *g_w, double *dtop) {
     acts_t a;
     double *dZ = m->buf[0], *dA = m->buf[1];
-    double loss = upper_forward(m, f, w, y, &a, dZ);
+    double loss = upper_forward(m, f, r0, n_rows, w, y, &a, dZ);
     size_t n = a.n, lo = g_lam ? 1 : m->k + 1;
     for (size_t l = m->L; l >= lo; l--) {
         layer_param_grad(m, l, n, dZ, a.A[l - 1], layer_out(m, l, g_lam, g_w), 0.0);
-        if (l == lo) break;
+        if (l == lo) {
+            if (dtop) layer_input_grad(m, l, n, dZ, layer_params(m, l, lam, w), dtop, 0.0);
+            break;
+        }
         layer_input_grad(m, l, n, dZ, layer_params(m, l, lam, w), dA, 0.0);
         const double *Zp = a.Z[l - 1], *Ap = a.A[l - 1];
         size_t cnt = n * m->widths[l - 1];
@@ -341,12 +348,20 @@ double mlp_grad_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double
     return loss;
 }
 
-double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
-                 const double *y, const double *c_lam, const double *c_w, double *h_lam,
-                 double *h_w, double *g_w) {
+double mlp_grad_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
+                  const double *y, double *g_lam, double *g_w) {
+    return grad_core(m, f, 0, f->n, lam, w, y, g_lam, g_w, NULL);
+}
+
+/* HVP over rows [r0, r0+n). With Rdtop (h_lam and c_lam NULL, k >= 1) the
+ * R-cotangent of A_k is written to Rdtop: the lam block is then
+ * mlp_lower_backward(Rdtop). */
+static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_rows,
+                       const double *lam, const double *w, const double *y, const double *c_lam,
+                       const double *c_w, double *h_lam, double *h_w, double *g_w, double *Rdtop) {
     acts_t a;
     double *dZ = m->buf[0], *dA = m->buf[1], *RdZ = m->buf[2], *RdA = m->buf[3];
-    double loss = upper_forward(m, f, w, y, &a, dZ);
+    double loss = upper_forward(m, f, r0_rows, n_rows, w, y, &a, dZ);
     size_t n = a.n, L = m->L, k = m->k;
 
     /* R-forward. Layers below `r0` have zero R-quantities. */
@@ -404,7 +419,14 @@ double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double 
         layer_param_grad(m, l, n, RdZ, Aprev, H, 0.0);
         if (rprev) layer_param_grad_w(m, l, n, dZ, m->RA[l - 1], H, 1.0, 1);
         if (g_w && l > k) layer_param_grad(m, l, n, dZ, Aprev, layer_out(m, l, NULL, g_w), 0.0);
-        if (l == lo) break;
+        if (l == lo) {
+            if (Rdtop) {
+                /* RdA_k = RdZ W + dZ V (layer k+1 always carries the direction). */
+                layer_input_grad(m, l, n, RdZ, layer_params(m, l, lam, w), Rdtop, 0.0);
+                layer_input_grad(m, l, n, dZ, layer_params(m, l, c_lam, c_w), Rdtop, 1.0);
+            }
+            break;
+        }
         const double *P = layer_params(m, l, lam, w);
         int has_dir = l >= r0; /* V_l nonzero */
         need_plain = (l - 1 >= r0) || (g_w && l - 1 > k);
@@ -436,6 +458,48 @@ double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double 
     }
     /* g_w for w layers below lo cannot happen: lo <= k + 1. */
     return loss;
+}
+
+double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
+                 const double *y, const double *c_lam, const double *c_w, double *h_lam,
+                 double *h_w, double *g_w) {
+    return hvp_core(m, f, 0, f->n, lam, w, y, c_lam, c_w, h_lam, h_w, g_w, NULL);
+}
+
+double mlp_upper_grad(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                      const double *w, const double *y, double *g_w, double *dtop) {
+    HD_ASSERT(!dtop || m->k >= 1);
+    return grad_core(m, f, r0, n, lam, w, y, NULL, g_w, dtop);
+}
+
+double mlp_upper_hvp(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                     const double *w, const double *y, const double *c_w, double *h_w,
+                     double *Rdtop) {
+    HD_ASSERT(!Rdtop || m->k >= 1);
+    return hvp_core(m, f, r0, n, lam, w, y, NULL, c_w, NULL, h_w, NULL, Rdtop);
+}
+
+void mlp_lower_backward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                        const double *dtop, double *g_lam) {
+    size_t k = m->k;
+    HD_ASSERT(k >= 1 && r0 + n <= f->n && n <= m->max_batch);
+    double *dZ = m->buf[0], *dA = m->buf[1];
+    /* dZ_k = dtop * act'(Z_k) */
+    size_t cnt = n * m->widths[k];
+    const double *Zk = f->Z[k] + r0 * m->widths[k], *Ak = f->A[k] + r0 * m->widths[k];
+    for (size_t i = 0; i < cnt; i++) dZ[i] = dtop[i] * act_d1(m->act, Zk[i], Ak[i]);
+    for (size_t l = k; l >= 1; l--) {
+        const double *Aprev = l == 1 ? f->x + r0 * m->widths[0] : f->A[l - 1] + r0 * m->widths[l - 1];
+        layer_param_grad(m, l, n, dZ, Aprev, layer_out(m, l, g_lam, NULL), 0.0);
+        if (l == 1) break;
+        layer_input_grad(m, l, n, dZ, layer_params(m, l, lam, NULL), dA, 0.0);
+        size_t c2 = n * m->widths[l - 1];
+        const double *Zp = f->Z[l - 1] + r0 * m->widths[l - 1], *Ap = f->A[l - 1] + r0 * m->widths[l - 1];
+        for (size_t i = 0; i < c2; i++) dA[i] *= act_d1(m->act, Zp[i], Ap[i]);
+        double *t = dZ;
+        dZ = dA;
+        dA = t;
+    }
 }
 
 double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x,

@@ -92,6 +92,27 @@ double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double 
                  const double *y, const double *c_lam, const double *c_w, double *h_lam,
                  double *h_w, double *g_w);
 
+/* Split passes over a row range [r0, r0+n) of a feature cache, for models
+ * with k >= 1 hyper layers. The lam-gradient of any scalar is the backward
+ * of its cotangent on the top lam activations A_k through the lam layers;
+ * that backward depends only on (lam, x) and is linear in the cotangent, so
+ * callers can add cotangents of several products (over rows, or over steps at
+ * the same lam and batch) and run it once.
+ *
+ * mlp_upper_grad: loss and g_w over the rows; when dtop (n x widths[k]) is
+ * non-NULL, the cotangent on A_k. Then g_lam = mlp_lower_backward(dtop).
+ * mlp_upper_hvp: HVP in direction (0, c_w): h_w = H_ww c_w and, when Rdtop is
+ * non-NULL, the R-cotangent on A_k, with H_lw c_w = mlp_lower_backward(Rdtop).
+ * mlp_lower_backward: g_lam (overwritten) = backward of dtop (n x widths[k])
+ * through layers k..1 at rows [r0, r0+n) of the cache. */
+double mlp_upper_grad(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                      const double *w, const double *y, double *g_w, double *dtop);
+double mlp_upper_hvp(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                     const double *w, const double *y, const double *c_w, double *h_w,
+                     double *Rdtop);
+void mlp_lower_backward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
+                        const double *dtop, double *g_lam);
+
 /* Conveniences that compute the features of x into the network's own cache
  * first (n <= mlp_max_batch). Same contracts as the _f forms. */
 double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x,

@@ -16,6 +16,7 @@ void outer_cfg_default(outer_cfg *c) {
 }
 
 int outer_kind_parse(const char *s, outer_kind *out) {
+    if (!s) return -1;
     if (strcmp(s, "adam") == 0) *out = OUTER_ADAM;
     else if (strcmp(s, "sgd") == 0) *out = OUTER_SGD;
     else return -1;

@@ -16,16 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SPEC_MAX_FILE (1u << 20)   /* spec_load refuses larger files */
-#define SPEC_MAX_WIDTH 1048576     /* one layer width, the limit of mlp_new */
-#define SPEC_MAX_EXAMPLES 100000   /* task.shots, task.queries */
+#define SPEC_MAX_FILE (1u << 20) /* spec_load refuses larger files */
+#define SPEC_MAX_WIDTH 1048576   /* one layer width, the limit of mlp_new */
+#define SPEC_MAX_EXAMPLES 100000 /* task.shots, task.queries */
 #define SPEC_MAX_EVAL_TASKS 1000000
 #define SPEC_MAX_STALENESS 1000000
-#define SPEC_MAX_LEASE 86400       /* seconds */
+#define SPEC_MAX_LEASE 86400 /* seconds */
 #define SPEC_MAX_SHARDS 1024
 #define SPEC_MAX_NEUMANN_N 100
 #define SPEC_MAX_SEED 9007199254740992.0 /* 2^53: every seed survives a JSON double */
-#define SPEC_JSON_CAP 4096         /* canonical JSON is < 2 KiB; see spec_to_json */
+#define SPEC_JSON_CAP 4096               /* canonical JSON is < 2 KiB; see spec_to_json */
 
 void spec_default(run_spec *s) {
     static const size_t widths[] = {1, 100, 100, 100, 1};
@@ -66,11 +66,17 @@ void spec_default(run_spec *s) {
 /* ---- number formatting --------------------------------------------------- */
 
 /* Shortest "%.*g" text of d that strtod reads back to exactly d (at most 17
- * significant digits always suffice for a binary64). Non-finite values print
- * as "inf"/"nan"; callers that emit JSON handle them first. */
+ * significant digits always suffice for a binary64); integers below 2^53 in
+ * plain digits. Non-finite values print as "inf"/"nan"; callers that emit
+ * JSON handle them first. */
 static void fmt_num(char *buf, size_t cap, double d) {
     if (!isfinite(d)) {
         snprintf(buf, cap, "%g", d);
+        return;
+    }
+    /* Integral values print as integers ("50", not the shorter "5e+01"). */
+    if (d == floor(d) && fabs(d) < 9007199254740992.0 && !(d == 0.0 && signbit(d))) {
+        snprintf(buf, cap, "%.0f", d);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {
@@ -82,7 +88,7 @@ static void fmt_num(char *buf, size_t cap, double d) {
 /* ---- parser context: the first error sticks, later checks are no-ops ----- */
 
 typedef struct {
-    hd_rc rc;   /* HD_OK until the first failure */
+    hd_rc rc;    /* HD_OK until the first failure */
     hd_err *err; /* caller's error, may be NULL */
 } pctx;
 
@@ -171,8 +177,8 @@ static int int_item(pctx *p, const cJSON *it, const char *path, int64_t lo, int6
     if (!(d >= (double)lo && d <= (double)hi)) {
         char got[32];
         fmt_num(got, sizeof got, d);
-        fail(p, HD_EINVAL, "%s: must be an integer in [%" PRId64 ", %" PRId64 "], got %s", path,
-             lo, hi, got);
+        fail(p, HD_EINVAL, "%s: must be an integer in [%" PRId64 ", %" PRId64 "], got %s", path, lo,
+             hi, got);
         return 0;
     }
     *out = (int64_t)d;
@@ -278,15 +284,16 @@ static int get_enum(pctx *p, const cJSON *obj, const char *path, const char *wha
 /* ---- the spec ------------------------------------------------------------ */
 
 /* Allowed keys of each object. */
-static const char *const k_top[] = {
-    "task", "model", "inner", "outer", "method", "robust", "episodes", "meta_batch", "reptile_lr",
-    "seed", "eval", "mode", "max_staleness", "lease_seconds", "shards", "wire_dtype"};
+static const char *const k_top[] = {"task",          "model",         "inner",    "outer",
+                                    "method",        "robust",        "episodes", "meta_batch",
+                                    "reptile_lr",    "seed",          "eval",     "mode",
+                                    "max_staleness", "lease_seconds", "shards",   "wire_dtype"};
 static const char *const k_task[] = {"family", "shots", "queries", "classes"};
 static const char *const k_model[] = {"layers", "activation", "loss", "hyper_layers"};
 static const char *const k_inner[] = {"steps", "lr", "momentum"};
 static const char *const k_outer[] = {"optimizer", "lr", "beta1", "beta2", "eps"};
-static const char *const k_method[] = {"name", "gamma", "estimation_period",
-                                       "pi_mode", "theta_init", "neumann_n",
+static const char *const k_method[] = {"name",      "gamma",      "estimation_period",
+                                       "pi_mode",   "theta_init", "neumann_n",
                                        "neumann_k", "neumann_lr"};
 static const char *const k_robust[] = {"clip_norm", "skip_nonfinite", "blowup_loss"};
 static const char *const k_eval[] = {"meta_val_tasks", "meta_test_tasks", "interval"};
@@ -387,8 +394,7 @@ static void parse_task_model(pctx *p, const cJSON *root, run_spec *s) {
              "task.classes: must equal the output width model.layers[%zu] = %zu, got %zu", n - 1,
              out, classes);
     else if (out < 2)
-        fail(p, HD_EINVAL, "model.layers: gaussmix tasks need an output width >= 2, got %zu",
-             out);
+        fail(p, HD_EINVAL, "model.layers: gaussmix tasks need an output width >= 2, got %zu", out);
     s->task.in_dim = in;
     s->task.out_dim = out;
     s->task.classes = out;
@@ -590,8 +596,10 @@ static void sb_add(sbuf *b, const char *fmt, ...) {
  * stays JSON (and spec_parse refuses it). */
 static void sb_real(sbuf *b, const char *sep, const char *key, double d) {
     char num[32];
-    if (isfinite(d)) fmt_num(num, sizeof num, d);
-    else snprintf(num, sizeof num, "null");
+    if (isfinite(d))
+        fmt_num(num, sizeof num, d);
+    else
+        snprintf(num, sizeof num, "null");
     sb_add(b, "%s\"%s\":%s", sep, key, num);
 }
 

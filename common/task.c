@@ -8,6 +8,7 @@
 #include "rng.h"
 
 int task_family_parse(const char *s, task_family *out) {
+    if (!s) return -1;
     if (strcmp(s, "sinusoid") == 0) *out = TASK_SINUSOID;
     else if (strcmp(s, "gaussmix") == 0) *out = TASK_GAUSSMIX;
     else return -1;
@@ -48,12 +49,17 @@ static void sinusoid_points(rng_t *r, double amp, double phase, size_t n, double
     }
 }
 
-/* Cluster means depend on the task; points are mean + unit noise. */
-static void gaussmix_points(rng_t *r, const double *means, size_t classes, size_t d, size_t n,
+/* Gaussian mixture: class c's mean is drawn from its own stream (a pure
+ * function of the task's seed words and c), so no memory is needed for the
+ * means; each point is mean + unit noise. Means have norm about 1.5. */
+static void gaussmix_points(rng_t *r, const uint64_t key[4], size_t classes, size_t d, size_t n,
                             double *x, double *y) {
+    double scale = 1.5 / sqrt((double)d);
     for (size_t i = 0; i < n; i++) {
         size_t c = (size_t)rng_below(r, classes);
-        for (size_t j = 0; j < d; j++) x[i * d + j] = means[c * d + j] + rng_normal(r);
+        rng_t mr;
+        rng_seed(&mr, key[0], key[1] ^ 0x6d65616eULL, key[2], key[3] * 65537ULL + c);
+        for (size_t j = 0; j < d; j++) x[i * d + j] = scale * rng_normal(&mr) + rng_normal(r);
         for (size_t j = 0; j < classes; j++) y[i * classes + j] = j == c ? 1.0 : 0.0;
     }
 }
@@ -70,14 +76,9 @@ void task_make(const task_cfg *c, uint64_t seed, task_stream stream, uint64_t ep
         sinusoid_points(&r, t->amp, t->phase, t->n_q, t->xq, t->yq);
         return;
     }
-    size_t d = t->in_dim, k = t->out_dim;
-    double *means = malloc(k * d * sizeof(double));
-    HD_ASSERT(means != NULL);
-    /* Means of norm about 1.5 sigma so that the task is learnable but not trivial. */
-    double scale = 1.5 / sqrt((double)d);
-    for (size_t i = 0; i < k * d; i++) means[i] = scale * rng_normal(&r);
-    gaussmix_points(&r, means, k, d, t->n_s, t->xs, t->ys);
-    gaussmix_points(&r, means, k, d, t->n_q, t->xq, t->yq);
-    free(means);
+    HD_ASSERT(t->in_dim == c->in_dim && t->out_dim == c->out_dim);
+    const uint64_t key[4] = {seed, (uint64_t)stream, episode, slot};
+    gaussmix_points(&r, key, t->out_dim, t->in_dim, t->n_s, t->xs, t->ys);
+    gaussmix_points(&r, key, t->out_dim, t->in_dim, t->n_q, t->xq, t->yq);
     t->amp = t->phase = 0.0;
 }

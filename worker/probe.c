@@ -22,7 +22,7 @@ void probe_result_clear(probe_result *r) {
 hd_rc probe_run(const run_spec *sp, const double *lam, const double *phi, const task_t *task,
                 probe_result *out, hd_err *err) {
     hd_rc rc;
-    size_t rows = task->n_s > task->n_q ? task->n_s : task->n_q;
+    size_t rows = task->n_s + task->n_q; /* support and query stacked */
     mlp_t *m = NULL;
     episode_t *e = NULL;
     probe_result r;

@@ -143,7 +143,7 @@ static hd_rc write_summary(const char *dir, const run_spec *sp, const runner_res
 hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *res, hd_err *err) {
     hd_rc rc = HD_OK;
     int B = sp->meta_batch, T = sp->steps, M = sp->episodes;
-    size_t rows = sp->task.shots > sp->task.queries ? sp->task.shots : sp->task.queries;
+    size_t rows = sp->task.shots + sp->task.queries; /* support and query stacked */
     mlp_t *m = NULL;
     episode_t **eps = NULL;
     task_t *tasks = NULL;

@@ -65,26 +65,42 @@ typedef struct {
     size_t batch;
 } netspec;
 
-static const netspec NET_RELU = {
-    "1-100-100-100-1 relu mse", 5, {1, 100, 100, 100, 1}, MLP_ACT_RELU, MLP_LOSS_MSE, 10};
-static const netspec NET_TANH = {
-    "20-32-32-5 tanh xent", 4, {20, 32, 32, 5}, MLP_ACT_TANH, MLP_LOSS_XENT, 16};
+static const netspec NET_RELU = {.name = "1-100-100-100-1 relu mse",
+                                  .nwidths = 5,
+                                  .widths = {1, 100, 100, 100, 1},
+                                  .act = MLP_ACT_RELU,
+                                  .loss = MLP_LOSS_MSE,
+                                  .batch = 10};
+static const netspec NET_TANH = {.name = "20-32-32-5 tanh xent",
+                                  .nwidths = 4,
+                                  .widths = {20, 32, 32, 5},
+                                  .act = MLP_ACT_TANH,
+                                  .loss = MLP_LOSS_XENT,
+                                  .batch = 16};
 
 /* One network instance: the parameters are the full vector p = (lam, w), so
  * lam = p and w = p + nl; p is never NULL even when nl == 0. */
 typedef struct {
     const netspec *ns;
-    size_t k;         /* hyper_layers */
+    size_t k; /* hyper_layers */
     mlp_t *m;
-    size_t nl, nw, np; /* n_lam, n_w, nl + nw */
-    size_t n;          /* batch rows */
-    double *p;         /* parameters (np) */
-    double *x, *y;     /* batch: (n, in), (n, out) */
-    size_t npat;       /* hidden pre-activations in the batch */
-    unsigned char *pat0; /* ReLU pattern at p (npat) */
-    unsigned char *patt; /* scratch pattern (npat) */
-    double *pp;        /* scratch parameters (np) */
+    size_t nl, nw, np;     /* n_lam, n_w, nl + nw */
+    size_t n;              /* batch rows */
+    double *p;             /* parameters (np) */
+    double *x, *y;         /* batch: (n, in), (n, out) */
+    size_t npat;           /* hidden pre-activations in the batch */
+    unsigned char *pat0;   /* ReLU pattern at p (npat) */
+    unsigned char *patt;   /* scratch pattern (npat) */
+    double *pp;            /* scratch parameters (np) */
+    size_t kink_w, kink_b; /* ReLU: indices in p of W[KINK_UNIT][0] and b[KINK_UNIT], layer 0 */
 } inst;
+
+/* Planted kink (ReLU nets): layer-0 unit KINK_UNIT gets, for batch row 0, the
+ * pre-activation KINK_Z, so that the coordinate FD of its bias flips the sign
+ * at h = 1e-5 and must be retried at a smaller step; this exercises the kink
+ * handling on every run instead of relying on chance. */
+#define KINK_UNIT 7
+#define KINK_Z 2e-6
 
 static double *dalloc(size_t n) {
     double *v = calloc(n ? n : 1, sizeof *v);
@@ -97,7 +113,8 @@ static double *dalloc(size_t n) {
 
 static size_t n_params(const netspec *ns, size_t from, size_t to) {
     size_t s = 0;
-    for (size_t l = from; l < to; l++) s += ns->widths[l + 1] * (ns->widths[l] + 1);
+    for (size_t l = from; l < to; l++)
+        s += ns->widths[l + 1] * (ns->widths[l] + 1);
     return s;
 }
 
@@ -108,7 +125,8 @@ static double ref_forward(const netspec *ns, const double *p, const double *x, c
                           size_t n, unsigned char *pat, double *fout) {
     double a[REF_MAXN * REF_MAXW], z[REF_MAXN * REF_MAXW];
     size_t L = ns->nwidths - 1, off = 0, poff = 0;
-    if (n > REF_MAXN) exit(3);
+    if (n > REF_MAXN)
+        exit(3);
     memcpy(a, x, n * ns->widths[0] * sizeof *a);
     for (size_t l = 0; l < L; l++) {
         size_t in = ns->widths[l], out = ns->widths[l + 1];
@@ -117,31 +135,38 @@ static double ref_forward(const netspec *ns, const double *p, const double *x, c
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < out; j++) {
                 double s = b[j];
-                for (size_t q = 0; q < in; q++) s += W[j * in + q] * a[i * in + q];
+                for (size_t q = 0; q < in; q++)
+                    s += W[j * in + q] * a[i * in + q];
                 z[i * out + j] = s;
             }
         if (l + 1 < L) {
             for (size_t t = 0; t < n * out; t++) {
-                if (pat) pat[poff + t] = (unsigned char)(z[t] > 0.0);
+                if (pat)
+                    pat[poff + t] = (unsigned char)(z[t] > 0.0);
                 a[t] = ns->act == MLP_ACT_RELU ? (z[t] > 0.0 ? z[t] : 0.0) : tanh(z[t]);
             }
             poff += n * out;
         }
     }
     size_t out = ns->widths[L];
-    if (fout) memcpy(fout, z, n * out * sizeof *z);
+    if (fout)
+        memcpy(fout, z, n * out * sizeof *z);
     double loss = 0.0;
     if (ns->loss == MLP_LOSS_MSE) {
-        for (size_t t = 0; t < n * out; t++) loss += (z[t] - y[t]) * (z[t] - y[t]);
+        for (size_t t = 0; t < n * out; t++)
+            loss += (z[t] - y[t]) * (z[t] - y[t]);
         return loss / (double)(n * out);
     }
     for (size_t i = 0; i < n; i++) {
         const double *f = z + i * out;
         double mx = f[0], se = 0.0;
-        for (size_t j = 1; j < out; j++) mx = f[j] > mx ? f[j] : mx;
-        for (size_t j = 0; j < out; j++) se += exp(f[j] - mx);
+        for (size_t j = 1; j < out; j++)
+            mx = f[j] > mx ? f[j] : mx;
+        for (size_t j = 0; j < out; j++)
+            se += exp(f[j] - mx);
         double lse = mx + log(se);
-        for (size_t j = 0; j < out; j++) loss -= y[i * out + j] * (f[j] - lse);
+        for (size_t j = 0; j < out; j++)
+            loss -= y[i * out + j] * (f[j] - lse);
     }
     return loss / (double)n;
 }
@@ -152,14 +177,18 @@ static void make_batch(const netspec *ns, rng_t *r, size_t n, double *x, double 
         /* sinusoid task: y = A sin(x + phase) */
         double A = rng_range(r, 0.1, 5.0), ph = rng_range(r, 0.0, M_PI);
         for (size_t i = 0; i < n; i++) {
-            for (size_t q = 0; q < in; q++) x[i * in + q] = rng_range(r, -5.0, 5.0);
-            for (size_t j = 0; j < out; j++) y[i * out + j] = A * sin(x[i * in] + ph + (double)j);
+            for (size_t q = 0; q < in; q++)
+                x[i * in + q] = rng_range(r, -5.0, 5.0);
+            for (size_t j = 0; j < out; j++)
+                y[i * out + j] = A * sin(x[i * in] + ph + (double)j);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
-            for (size_t q = 0; q < in; q++) x[i * in + q] = rng_normal(r);
+            for (size_t q = 0; q < in; q++)
+                x[i * in + q] = rng_normal(r);
             size_t c = (size_t)rng_below(r, out);
-            for (size_t j = 0; j < out; j++) y[i * out + j] = (j == c) ? 1.0 : 0.0;
+            for (size_t j = 0; j < out; j++)
+                y[i * out + j] = (j == c) ? 1.0 : 0.0;
         }
     }
 }
@@ -171,7 +200,8 @@ static void make_params(const netspec *ns, rng_t *r, double *p) {
     for (size_t l = 0; l + 1 < ns->nwidths; l++) {
         size_t in = ns->widths[l], out = ns->widths[l + 1];
         double bd = 1.0 / sqrt((double)in);
-        for (size_t t = 0; t < out * (in + 1); t++) p[off + t] = rng_range(r, -bd, bd);
+        for (size_t t = 0; t < out * (in + 1); t++)
+            p[off + t] = rng_range(r, -bd, bd);
         off += out * (in + 1);
     }
 }
@@ -185,8 +215,7 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
     hd_err_clear(&err);
     hd_rc rc = mlp_new(ns->nwidths, ns->widths, ns->act, ns->loss, k, ns->batch, &I->m, &err);
     if (rc != HD_OK) {
-        fprintf(stderr, "mlp_new(%s, k=%zu) failed: %s %s\n", ns->name, k, hd_rc_name(rc),
-                err.msg);
+        fprintf(stderr, "mlp_new(%s, k=%zu) failed: %s %s\n", ns->name, k, hd_rc_name(rc), err.msg);
         exit(2);
     }
     I->nl = mlp_n_lam(I->m);
@@ -203,11 +232,22 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
     rng_seed(&r, seed, 0x5eed, 0, 0); /* independent of k */
     make_params(ns, &r, I->p);
     make_batch(ns, &r, I->n, I->x, I->y);
+    if (ns->act == MLP_ACT_RELU) {
+        size_t kin = ns->widths[0], kout = ns->widths[1];
+        I->kink_w = KINK_UNIT * kin;
+        I->kink_b = kout * kin + KINK_UNIT;
+        double z = 0.0;
+        for (size_t q = 0; q < kin; q++)
+            z += I->p[KINK_UNIT * kin + q] * I->x[q];
+        I->p[I->kink_b] = KINK_Z - z;
+    }
     I->npat = 0;
-    for (size_t l = 1; l + 1 < ns->nwidths; l++) I->npat += I->n * ns->widths[l];
+    for (size_t l = 1; l + 1 < ns->nwidths; l++)
+        I->npat += I->n * ns->widths[l];
     I->pat0 = malloc(I->npat);
     I->patt = malloc(I->npat);
-    if (!I->pat0 || !I->patt) exit(2);
+    if (!I->pat0 || !I->patt)
+        exit(2);
     ref_forward(ns, I->p, I->x, I->y, I->n, I->pat0, NULL);
 }
 
@@ -231,23 +271,27 @@ static double grad_at(inst *I, const double *p, double *g) {
 
 /* I->pp = p + t d */
 static void shift(inst *I, double t, const double *d) {
-    for (size_t i = 0; i < I->np; i++) I->pp[i] = I->p[i] + t * d[i];
+    for (size_t i = 0; i < I->np; i++)
+        I->pp[i] = I->p[i] + t * d[i];
 }
 
 /* Number of hidden ReLU pre-activations whose sign at p + s h d or p - s h d
  * differs from p. Always 0 for tanh (no kinks). d may be NULL with a
  * coordinate index ci to mean the unit vector e_ci. */
 static size_t flips(inst *I, const double *d, size_t ci, double h) {
-    if (I->ns->act != MLP_ACT_RELU) return 0;
+    if (I->ns->act != MLP_ACT_RELU)
+        return 0;
     size_t nf = 0;
     for (int s = -1; s <= 1; s += 2) {
-        if (d) shift(I, (double)s * h, d);
+        if (d)
+            shift(I, (double)s * h, d);
         else {
             memcpy(I->pp, I->p, I->np * sizeof *I->pp);
             I->pp[ci] += (double)s * h;
         }
         ref_forward(I->ns, I->pp, I->x, I->y, I->n, I->patt, NULL);
-        for (size_t t = 0; t < I->npat; t++) nf += (I->patt[t] != I->pat0[t]);
+        for (size_t t = 0; t < I->npat; t++)
+            nf += (I->patt[t] != I->pat0[t]);
     }
     return nf;
 }
@@ -255,9 +299,11 @@ static size_t flips(inst *I, const double *d, size_t ci, double h) {
 /* Gaussian direction supported on [lo, hi) of the full vector, unit 2-norm. */
 static void rand_dir(rng_t *r, size_t np, size_t lo, size_t hi, double *d) {
     vec_zero(np, d);
-    for (size_t i = lo; i < hi; i++) d[i] = rng_normal(r);
+    for (size_t i = lo; i < hi; i++)
+        d[i] = rng_normal(r);
     double nr = vec_nrm2(np, d);
-    if (nr > 0.0) vec_scale(np, d, 1.0 / nr);
+    if (nr > 0.0)
+        vec_scale(np, d, 1.0 / nr);
 }
 
 static double rel_err(size_t n, const double *fd, const double *ex) {
@@ -287,11 +333,13 @@ static void check_reference_loss(inst *I) {
         double lf = mlp_forward_f(I->m, f, I->p + I->nl, I->y, fo);
         CHECK_NEAR(lf, lr, 1e-12 * fabs(lr));
         double fmax_ = 0.0;
-        for (size_t t = 0; t < I->n * out; t++) fmax_ = fmax(fmax_, fabs(fr[t]));
+        for (size_t t = 0; t < I->n * out; t++)
+            fmax_ = fmax(fmax_, fabs(fr[t]));
         double md = 0.0;
-        for (size_t t = 0; t < I->n * out; t++) md = fmax(md, fabs(fo[t] - fr[t]));
-        CHECK_MSG(md <= 1e-12 * fmax(fmax_, 1.0), "%s k=%zu outputs max diff %g", I->ns->name,
-                  I->k, md);
+        for (size_t t = 0; t < I->n * out; t++)
+            md = fmax(md, fabs(fo[t] - fr[t]));
+        CHECK_MSG(md <= 1e-12 * fmax(fmax_, 1.0), "%s k=%zu outputs max diff %g", I->ns->name, I->k,
+                  md);
         /* A smaller batch than max_batch through the conveniences. */
         size_t n3 = 3;
         double l3 = mlp_loss_x(I->m, I->p, I->p + I->nl, I->x, I->y, n3);
@@ -317,9 +365,11 @@ static void check_grad_components(inst *I, rng_t *r) {
               "g_w with g_lam NULL differs: %g", vec_max_rel_diff(I->nw, gn + I->nl, g + I->nl));
 
     size_t *idx = malloc(I->np * sizeof *idx), ni = 0;
-    if (!idx) exit(2);
+    if (!idx)
+        exit(2);
     if (I->ns->act == MLP_ACT_TANH) {
-        for (size_t i = 0; i < I->np; i++) idx[ni++] = i;
+        for (size_t i = 0; i < I->np; i++)
+            idx[ni++] = i;
     } else {
         size_t off = 0;
         for (size_t l = 0; l + 1 < I->ns->nwidths; l++) {
@@ -333,10 +383,16 @@ static void check_grad_components(inst *I, rng_t *r) {
             }
             off += out * (in + 1);
         }
+        idx[ni++] = I->kink_w;
+        idx[ni++] = I->kink_b;
+        /* The detector is not vacuous: it sees the planted kink. */
+        CHECK_MSG(flips(I, NULL, I->kink_b, FD_H) > 0, "%s: planted kink not detected",
+                  I->ns->name);
     }
     double *fd = dalloc(ni), *ex = dalloc(ni);
     double gmax = 0.0;
-    for (size_t i = 0; i < I->np; i++) gmax = fmax(gmax, fabs(g[i]));
+    for (size_t i = 0; i < I->np; i++)
+        gmax = fmax(gmax, fabs(g[i]));
     size_t shrunk = 0, skipped = 0, bad = 0, nk = 0;
     double worst = 0.0;
     for (size_t j = 0; j < ni; j++) {
@@ -372,8 +428,7 @@ static void check_grad_components(inst *I, rng_t *r) {
         }
         nk++;
     }
-    CHECK_MSG(bad == 0, "%s k=%zu: %zu of %zu gradient components off", I->ns->name, I->k, bad,
-              nk);
+    CHECK_MSG(bad == 0, "%s k=%zu: %zu of %zu gradient components off", I->ns->name, I->k, bad, nk);
     double re = rel_err(nk, fd, ex);
     CHECK_MSG(re <= REL_TOL, "%s k=%zu: gradient FD relative error %g over %zu components",
               I->ns->name, I->k, re, nk);
@@ -394,17 +449,19 @@ static void check_grad_components(inst *I, rng_t *r) {
  * directions of each family (full, lam-only, w-only); the relative error is
  * taken over the vector of the nd directional derivatives. */
 static void check_grad_directions(inst *I, rng_t *r) {
-    enum { ND = 12, MAX_REDRAW = 20 };
+    enum { ND = 12, MAX_REDRAW = 100 };
     double *g = dalloc(I->np), *d = dalloc(I->np);
     grad_at(I, I->p, g);
     const char *fam[3] = {"full", "lam", "w"};
     size_t lo[3] = {0, 0, I->nl}, hi[3] = {I->np, I->nl, I->np};
     for (int fi = 0; fi < 3; fi++) {
-        if (lo[fi] == hi[fi]) continue; /* no lam when k = 0 */
+        if (lo[fi] == hi[fi])
+            continue; /* no lam when k = 0 */
         double fd[ND], ex[ND];
         int redraws = 0;
         for (int j = 0; j < ND; j++) {
-            do rand_dir(r, I->np, lo[fi], hi[fi], d);
+            do
+                rand_dir(r, I->np, lo[fi], hi[fi], d);
             while (flips(I, d, 0, FD_H) && ++redraws < MAX_REDRAW);
             shift(I, FD_H, d);
             double lp = loss_at(I, I->pp);
@@ -415,8 +472,8 @@ static void check_grad_directions(inst *I, rng_t *r) {
         }
         CHECK_MSG(redraws < MAX_REDRAW, "%s k=%zu: too many ReLU kinks", I->ns->name, I->k);
         double re = rel_err(ND, fd, ex);
-        CHECK_MSG(re <= REL_TOL, "%s k=%zu: directional (%s) gradient FD rel err %g",
-                  I->ns->name, I->k, fam[fi], re);
+        CHECK_MSG(re <= REL_TOL, "%s k=%zu: directional (%s) gradient FD rel err %g", I->ns->name,
+                  I->k, fam[fi], re);
         printf("  grad directions %-4s: %d dirs, rel err %.2e (redrawn %d)\n", fam[fi], ND, re,
                redraws);
     }
@@ -434,26 +491,29 @@ static double hvp_case(inst *I, const double *c_lam, const double *c_w, int with
     grad_at(I, I->pp, gp);
     shift(I, -FD_H, d);
     grad_at(I, I->pp, gm);
-    for (size_t i = 0; i < I->np; i++) fd[i] = (gp[i] - gm[i]) / (2.0 * FD_H);
-    if (with_hlam) return rel_err(I->np, fd, h);
+    for (size_t i = 0; i < I->np; i++)
+        fd[i] = (gp[i] - gm[i]) / (2.0 * FD_H);
+    if (with_hlam)
+        return rel_err(I->np, fd, h);
     return rel_err(I->nw, fd + I->nl, h + I->nl);
 }
 
 static void check_hvp(inst *I, rng_t *r) {
-    enum { NDIR = 3, MAX_REDRAW = 20 };
+    enum { NDIR = 3, MAX_REDRAW = 100 };
     size_t np = I->np, nl = I->nl;
-    double *d = dalloc(np), *h = dalloc(np), *fd = dalloc(np), *gp = dalloc(np),
-           *gm = dalloc(np), *h2 = dalloc(np), *zero = dalloc(np), *g = dalloc(np),
-           *gw = dalloc(I->nw);
+    double *d = dalloc(np), *h = dalloc(np), *fd = dalloc(np), *gp = dalloc(np), *gm = dalloc(np),
+           *h2 = dalloc(np), *zero = dalloc(np), *g = dalloc(np), *gw = dalloc(I->nw);
     /* families: 0 full (c_lam, c_w); 1 c_lam NULL; 2 c_w = 0 (c_lam only) */
     const char *fam[3] = {"full", "c_lam=NULL", "c_w=0"};
     size_t lo[3] = {0, nl, 0}, hi[3] = {np, np, nl};
     double worst = 0.0;
     int redraws = 0;
     for (int fi = 0; fi < 3; fi++) {
-        if (lo[fi] == hi[fi]) continue; /* k = 0: no lam direction */
+        if (lo[fi] == hi[fi])
+            continue; /* k = 0: no lam direction */
         for (int j = 0; j < NDIR; j++) {
-            do rand_dir(r, np, lo[fi], hi[fi], d);
+            do
+                rand_dir(r, np, lo[fi], hi[fi], d);
             while (flips(I, d, 0, FD_H) && ++redraws < MAX_REDRAW);
             const double *c_lam = fi == 1 ? NULL : d;
             const double *c_w = fi == 2 ? zero : d + nl;
@@ -462,7 +522,8 @@ static void check_hvp(inst *I, rng_t *r) {
                 worst = fmax(worst, re);
                 CHECK_MSG(re <= REL_TOL, "%s k=%zu: HVP (%s, h_lam %s, dir %d) FD rel err %g",
                           I->ns->name, I->k, fam[fi], wl ? "on" : "NULL", j, re);
-                if (wl) memcpy(h2, h, np * sizeof *h);
+                if (wl)
+                    memcpy(h2, h, np * sizeof *h);
             }
             /* h_w with h_lam NULL is the same as with h_lam (h holds the
              * h_lam == NULL result now). */
@@ -472,14 +533,15 @@ static void check_hvp(inst *I, rng_t *r) {
                 /* c_lam NULL == c_lam all zeros */
                 mlp_hvp_x(I->m, I->p, I->p + nl, I->x, I->y, I->n, zero, d + nl, h, h + nl);
                 CHECK_MSG(vec_max_rel_diff(np, h, h2) <= 1e-13,
-                          "%s k=%zu: c_lam NULL differs from c_lam = 0 by %g", I->ns->name,
-                          I->k, vec_max_rel_diff(np, h, h2));
+                          "%s k=%zu: c_lam NULL differs from c_lam = 0 by %g", I->ns->name, I->k,
+                          vec_max_rel_diff(np, h, h2));
             }
         }
     }
     CHECK_MSG(redraws < MAX_REDRAW, "%s k=%zu: too many ReLU kinks", I->ns->name, I->k);
     /* Zero direction (c_lam NULL, c_w = 0) gives exactly zero. */
-    for (size_t i = 0; i < np; i++) h[i] = 1.0;
+    for (size_t i = 0; i < np; i++)
+        h[i] = 1.0;
     mlp_hvp_x(I->m, I->p, I->p + nl, I->x, I->y, I->n, NULL, zero, h, h + nl);
     CHECK_MSG(vec_nrm2(np, h) == 0.0, "%s k=%zu: HVP of the zero direction has norm %g",
               I->ns->name, I->k, vec_nrm2(np, h));
@@ -497,12 +559,12 @@ static void check_hvp(inst *I, rng_t *r) {
             double lh = mlp_hvp_f(I->m, f, I->p, I->p + nl, I->y, c_lam, d + nl, h, h + nl, gw);
             CHECK_NEAR(lh, lg, 1e-13 * fabs(lg));
             double md = vec_max_rel_diff(I->nw, gw, g + nl);
-            CHECK_MSG(md <= 1e-13, "%s k=%zu: HVP g_w vs mlp_grad g_w max rel diff %g",
-                      I->ns->name, I->k, md);
+            CHECK_MSG(md <= 1e-13, "%s k=%zu: HVP g_w vs mlp_grad g_w max rel diff %g", I->ns->name,
+                      I->k, md);
             if (variant == 0)
-                printf("  HVP g_w vs grad g_w: %s\n",
-                       memcmp(gw, g + nl, I->nw * sizeof *gw) ? "equal to 1e-13, not bitwise"
-                                                               : "bit-identical");
+                printf("  HVP g_w vs grad g_w: %s\n", memcmp(gw, g + nl, I->nw * sizeof *gw)
+                                                          ? "equal to 1e-13, not bitwise"
+                                                          : "bit-identical");
         }
         mlp_feat_free(f);
     } else {
@@ -528,7 +590,8 @@ static void check_symmetry(inst *I, rng_t *r) {
     double *u = dalloc(np), *v = dalloc(np), *hu = dalloc(np), *hv = dalloc(np);
     /* pairs: full/full, w-only/lam-only (the off-diagonal blocks) */
     for (int pair = 0; pair < 3; pair++) {
-        if (pair > 0 && nl == 0) break;
+        if (pair > 0 && nl == 0)
+            break;
         if (pair == 0) {
             rand_dir(r, np, 0, np, u);
             rand_dir(r, np, 0, np, v);
@@ -562,8 +625,8 @@ static int same_bits(size_t n, const double *a, const double *b) {
 static void check_feat_identity(inst *I, rng_t *r) {
     size_t np = I->np, nl = I->nl, nw = I->nw;
     size_t in = I->ns->widths[0], out = I->ns->widths[I->ns->nwidths - 1];
-    double *g1 = dalloc(np), *g2 = dalloc(np), *h1 = dalloc(np), *h2 = dalloc(np),
-           *c = dalloc(np), *o1 = dalloc(I->n * out), *p2 = dalloc(np), *x2 = dalloc(I->n * in),
+    double *g1 = dalloc(np), *g2 = dalloc(np), *h1 = dalloc(np), *h2 = dalloc(np), *c = dalloc(np),
+           *o1 = dalloc(I->n * out), *p2 = dalloc(np), *x2 = dalloc(I->n * in),
            *y2 = dalloc(I->n * out);
     rand_dir(r, np, 0, np, c);
     make_params(I->ns, r, p2);
@@ -595,8 +658,7 @@ static void check_feat_identity(inst *I, rng_t *r) {
         double gx = mlp_grad_x(I->m, I->p, I->p + nl, I->x, I->y, n, g1, g1 + nl);
         double gf = mlp_grad_f(I->m, f, I->p, I->p + nl, I->y, g2, g2 + nl);
         CHECK(same_bits(1, &gx, &gf));
-        CHECK_MSG(same_bits(np, g1, g2), "%s k=%zu n=%zu: grad_f != grad_x", I->ns->name, I->k,
-                  n);
+        CHECK_MSG(same_bits(np, g1, g2), "%s k=%zu n=%zu: grad_f != grad_x", I->ns->name, I->k, n);
         gx = mlp_grad_x(I->m, I->p, I->p + nl, I->x, I->y, n, NULL, g1 + nl);
         gf = mlp_grad_f(I->m, f, I->p, I->p + nl, I->y, NULL, g2 + nl);
         CHECK(same_bits(1, &gx, &gf));
@@ -604,13 +666,11 @@ static void check_feat_identity(inst *I, rng_t *r) {
 
         for (int cl = 0; cl < 2; cl++) {
             const double *c_lam = cl ? NULL : c;
-            double hx =
-                mlp_hvp_x(I->m, I->p, I->p + nl, I->x, I->y, n, c_lam, c + nl, h1, h1 + nl);
-            double hf = mlp_hvp_f(I->m, f, I->p, I->p + nl, I->y, c_lam, c + nl, h2, h2 + nl,
-                                  NULL);
+            double hx = mlp_hvp_x(I->m, I->p, I->p + nl, I->x, I->y, n, c_lam, c + nl, h1, h1 + nl);
+            double hf = mlp_hvp_f(I->m, f, I->p, I->p + nl, I->y, c_lam, c + nl, h2, h2 + nl, NULL);
             CHECK(same_bits(1, &hx, &hf));
-            CHECK_MSG(same_bits(np, h1, h2), "%s k=%zu n=%zu c_lam %s: hvp_f != hvp_x",
-                      I->ns->name, I->k, n, cl ? "NULL" : "set");
+            CHECK_MSG(same_bits(np, h1, h2), "%s k=%zu n=%zu c_lam %s: hvp_f != hvp_x", I->ns->name,
+                      I->k, n, cl ? "NULL" : "set");
         }
         /* The other cache still gives its own results after all this. */
         double l_other = mlp_forward_f(I->m, fo, p2 + nl, y2, NULL);
@@ -638,8 +698,7 @@ static void check_across_k(inst *I, const double *g0, const double *h0, const do
     grad_at(I, I->p, g);
     mlp_hvp_x(I->m, I->p, I->p + I->nl, I->x, I->y, I->n, d, d + I->nl, h, h + I->nl);
     double eg = vec_max_rel_diff(I->np, g, g0), eh = vec_max_rel_diff(I->np, h, h0);
-    CHECK_MSG(eg <= 1e-12, "%s k=%zu: full gradient differs from k=0 by %g", I->ns->name, I->k,
-              eg);
+    CHECK_MSG(eg <= 1e-12, "%s k=%zu: full gradient differs from k=0 by %g", I->ns->name, I->k, eg);
     CHECK_MSG(eh <= 1e-12, "%s k=%zu: full HVP differs from k=0 by %g", I->ns->name, I->k, eh);
     free(g);
     free(h);
@@ -684,7 +743,8 @@ static void check_new_and_accessors(void) {
     hd_err err;
     hd_err_clear(&err);
     CHECK(mlp_new(5, w5, MLP_ACT_RELU, MLP_LOSS_MSE, 3, 10, &m, &err) == HD_OK);
-    if (!m) return;
+    if (!m)
+        return;
     CHECK_EQ_INT(mlp_n_layers(m), 4);
     CHECK_EQ_INT(mlp_hyper_layers(m), 3);
     CHECK_EQ_INT(mlp_n_lam(m), 200 + 10100 + 10100);
@@ -692,7 +752,8 @@ static void check_new_and_accessors(void) {
     CHECK_EQ_INT(mlp_in_dim(m), 1);
     CHECK_EQ_INT(mlp_out_dim(m), 1);
     CHECK_EQ_INT(mlp_max_batch(m), 10);
-    for (size_t i = 0; i < 5; i++) CHECK_EQ_INT(mlp_width(m, i), w5[i]);
+    for (size_t i = 0; i < 5; i++)
+        CHECK_EQ_INT(mlp_width(m, i), w5[i]);
     CHECK(mlp_activation(m) == MLP_ACT_RELU);
     CHECK(mlp_loss_kind(m) == MLP_LOSS_MSE);
     /* Multiply-adds of the weight products, possibly counting the bias adds. */
@@ -717,7 +778,8 @@ static void check_new_and_accessors(void) {
     /* Invalid arguments: HD_EINVAL, *out untouched, err filled. */
     const size_t w0[3] = {4, 0, 2};
     size_t wbig[MLP_MAX_LAYERS + 2];
-    for (size_t i = 0; i < MLP_MAX_LAYERS + 2; i++) wbig[i] = 3;
+    for (size_t i = 0; i < MLP_MAX_LAYERS + 2; i++)
+        wbig[i] = 3;
     struct {
         size_t nw;
         const size_t *w;
@@ -735,8 +797,8 @@ static void check_new_and_accessors(void) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mlp_t *mm = NULL;
         hd_err_clear(&err);
-        hd_rc rc = mlp_new(bad[i].nw, bad[i].w, MLP_ACT_RELU, MLP_LOSS_MSE, bad[i].k,
-                           bad[i].batch, &mm, &err);
+        hd_rc rc = mlp_new(bad[i].nw, bad[i].w, MLP_ACT_RELU, MLP_LOSS_MSE, bad[i].k, bad[i].batch,
+                           &mm, &err);
         CHECK_MSG(rc == HD_EINVAL, "mlp_new(%s) returned %s", bad[i].what, hd_rc_name(rc));
         CHECK_MSG(mm == NULL, "mlp_new(%s) wrote *out", bad[i].what);
         CHECK_MSG(err.code == HD_EINVAL && err.msg[0] != '\0', "mlp_new(%s) err not set",
@@ -770,7 +832,8 @@ static void check_init(void) {
             mlp_init_params(m, 8, nl ? c : NULL, c + nl);
             CHECK_MSG(same_bits(np, a, b), "%s k=%zu: init not deterministic", ns->name, k);
             size_t differ = 0;
-            for (size_t i = 0; i < np; i++) differ += (a[i] != c[i]);
+            for (size_t i = 0; i < np; i++)
+                differ += (a[i] != c[i]);
             CHECK_MSG(differ * 100 >= np * 99, "%s k=%zu: seeds 7 and 8 share %zu of %zu values",
                       ns->name, k, np - differ, np);
             /* Per layer and per block (W, b): within +-1/sqrt(fan_in), and
@@ -792,8 +855,8 @@ static void check_init(void) {
                     CHECK_MSG(outside == 0, "%s layer %zu %s: %zu values beyond %g", ns->name, l,
                               bi ? "b" : "W", outside, bd);
                     if (sz >= 100) {
-                        CHECK_MSG(mx >= 0.8 * bd, "%s layer %zu %s: max %g, bound %g", ns->name,
-                                  l, bi ? "b" : "W", mx, bd);
+                        CHECK_MSG(mx >= 0.8 * bd, "%s layer %zu %s: max %g, bound %g", ns->name, l,
+                                  bi ? "b" : "W", mx, bd);
                         /* mean of |U(-1,1)| is 1/2, sd 0.29/sqrt(sz) <= 0.029 */
                         CHECK_NEAR(sa / (double)sz / bd, 0.5, 6.0 * 0.29 / sqrt((double)sz));
                     }
