@@ -24,16 +24,18 @@ typedef struct episode episode_t;
 
 typedef struct {
     double train_loss; /* L_train(w_{t-1}, lam; D_t) (support loss before the step) */
-    double val_loss;   /* L_val(w_t, lam; D_val) (query loss after the step) */
+    double val_loss;   /* L_val(w_t, lam; D_val) (query loss after the step); set on posting
+                        * steps and at t = T, 0 on other steps */
     double grad_norm;  /* ||g|| when a hypergradient was written, else 0 */
-    double vnorm;      /* hyperdistill: ||v_t||; 0 otherwise */
+    double vnorm;      /* hyperdistill with pi_mode unit: ||v_t||; 0 otherwise (fitted mode
+                        * folds theta S_t into one stacked backward and never forms v_t) */
     long vjps;         /* VJPs spent by this call */
     int posted;        /* 1 if g was written */
     int nonfinite;     /* 1 if the step produced NaN/Inf (state or losses) */
 } episode_info;
 
 /* Create an episode runner for T steps, support and query sets of n_s and n_q
- * rows (n_s, n_q <= mlp_max_batch(m)). Borrows m, ic and mc (they must
+ * rows (n_s + n_q <= mlp_max_batch(m): the two sets are stacked). Borrows m, ic and mc (they must
  * outlive the episode). Returns HD_OK, HD_EINVAL or HD_ENOMEM. */
 hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, size_t n_s,
                   size_t n_q, episode_t **out, hd_err *err);

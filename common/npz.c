@@ -49,48 +49,42 @@
 /* ---- CRC-32 (ISO 3309, reflected polynomial 0xEDB88320) ----------------- */
 
 static const uint32_t crc_table[256] = {
-    0x00000000U, 0x77073096U, 0xee0e612cU, 0x990951baU, 0x076dc419U, 0x706af48fU,
-    0xe963a535U, 0x9e6495a3U, 0x0edb8832U, 0x79dcb8a4U, 0xe0d5e91eU, 0x97d2d988U,
-    0x09b64c2bU, 0x7eb17cbdU, 0xe7b82d07U, 0x90bf1d91U, 0x1db71064U, 0x6ab020f2U,
-    0xf3b97148U, 0x84be41deU, 0x1adad47dU, 0x6ddde4ebU, 0xf4d4b551U, 0x83d385c7U,
-    0x136c9856U, 0x646ba8c0U, 0xfd62f97aU, 0x8a65c9ecU, 0x14015c4fU, 0x63066cd9U,
-    0xfa0f3d63U, 0x8d080df5U, 0x3b6e20c8U, 0x4c69105eU, 0xd56041e4U, 0xa2677172U,
-    0x3c03e4d1U, 0x4b04d447U, 0xd20d85fdU, 0xa50ab56bU, 0x35b5a8faU, 0x42b2986cU,
-    0xdbbbc9d6U, 0xacbcf940U, 0x32d86ce3U, 0x45df5c75U, 0xdcd60dcfU, 0xabd13d59U,
-    0x26d930acU, 0x51de003aU, 0xc8d75180U, 0xbfd06116U, 0x21b4f4b5U, 0x56b3c423U,
-    0xcfba9599U, 0xb8bda50fU, 0x2802b89eU, 0x5f058808U, 0xc60cd9b2U, 0xb10be924U,
-    0x2f6f7c87U, 0x58684c11U, 0xc1611dabU, 0xb6662d3dU, 0x76dc4190U, 0x01db7106U,
-    0x98d220bcU, 0xefd5102aU, 0x71b18589U, 0x06b6b51fU, 0x9fbfe4a5U, 0xe8b8d433U,
-    0x7807c9a2U, 0x0f00f934U, 0x9609a88eU, 0xe10e9818U, 0x7f6a0dbbU, 0x086d3d2dU,
-    0x91646c97U, 0xe6635c01U, 0x6b6b51f4U, 0x1c6c6162U, 0x856530d8U, 0xf262004eU,
-    0x6c0695edU, 0x1b01a57bU, 0x8208f4c1U, 0xf50fc457U, 0x65b0d9c6U, 0x12b7e950U,
-    0x8bbeb8eaU, 0xfcb9887cU, 0x62dd1ddfU, 0x15da2d49U, 0x8cd37cf3U, 0xfbd44c65U,
-    0x4db26158U, 0x3ab551ceU, 0xa3bc0074U, 0xd4bb30e2U, 0x4adfa541U, 0x3dd895d7U,
-    0xa4d1c46dU, 0xd3d6f4fbU, 0x4369e96aU, 0x346ed9fcU, 0xad678846U, 0xda60b8d0U,
-    0x44042d73U, 0x33031de5U, 0xaa0a4c5fU, 0xdd0d7cc9U, 0x5005713cU, 0x270241aaU,
-    0xbe0b1010U, 0xc90c2086U, 0x5768b525U, 0x206f85b3U, 0xb966d409U, 0xce61e49fU,
-    0x5edef90eU, 0x29d9c998U, 0xb0d09822U, 0xc7d7a8b4U, 0x59b33d17U, 0x2eb40d81U,
-    0xb7bd5c3bU, 0xc0ba6cadU, 0xedb88320U, 0x9abfb3b6U, 0x03b6e20cU, 0x74b1d29aU,
-    0xead54739U, 0x9dd277afU, 0x04db2615U, 0x73dc1683U, 0xe3630b12U, 0x94643b84U,
-    0x0d6d6a3eU, 0x7a6a5aa8U, 0xe40ecf0bU, 0x9309ff9dU, 0x0a00ae27U, 0x7d079eb1U,
-    0xf00f9344U, 0x8708a3d2U, 0x1e01f268U, 0x6906c2feU, 0xf762575dU, 0x806567cbU,
-    0x196c3671U, 0x6e6b06e7U, 0xfed41b76U, 0x89d32be0U, 0x10da7a5aU, 0x67dd4accU,
-    0xf9b9df6fU, 0x8ebeeff9U, 0x17b7be43U, 0x60b08ed5U, 0xd6d6a3e8U, 0xa1d1937eU,
-    0x38d8c2c4U, 0x4fdff252U, 0xd1bb67f1U, 0xa6bc5767U, 0x3fb506ddU, 0x48b2364bU,
-    0xd80d2bdaU, 0xaf0a1b4cU, 0x36034af6U, 0x41047a60U, 0xdf60efc3U, 0xa867df55U,
-    0x316e8eefU, 0x4669be79U, 0xcb61b38cU, 0xbc66831aU, 0x256fd2a0U, 0x5268e236U,
-    0xcc0c7795U, 0xbb0b4703U, 0x220216b9U, 0x5505262fU, 0xc5ba3bbeU, 0xb2bd0b28U,
-    0x2bb45a92U, 0x5cb36a04U, 0xc2d7ffa7U, 0xb5d0cf31U, 0x2cd99e8bU, 0x5bdeae1dU,
-    0x9b64c2b0U, 0xec63f226U, 0x756aa39cU, 0x026d930aU, 0x9c0906a9U, 0xeb0e363fU,
-    0x72076785U, 0x05005713U, 0x95bf4a82U, 0xe2b87a14U, 0x7bb12baeU, 0x0cb61b38U,
-    0x92d28e9bU, 0xe5d5be0dU, 0x7cdcefb7U, 0x0bdbdf21U, 0x86d3d2d4U, 0xf1d4e242U,
-    0x68ddb3f8U, 0x1fda836eU, 0x81be16cdU, 0xf6b9265bU, 0x6fb077e1U, 0x18b74777U,
-    0x88085ae6U, 0xff0f6a70U, 0x66063bcaU, 0x11010b5cU, 0x8f659effU, 0xf862ae69U,
-    0x616bffd3U, 0x166ccf45U, 0xa00ae278U, 0xd70dd2eeU, 0x4e048354U, 0x3903b3c2U,
-    0xa7672661U, 0xd06016f7U, 0x4969474dU, 0x3e6e77dbU, 0xaed16a4aU, 0xd9d65adcU,
-    0x40df0b66U, 0x37d83bf0U, 0xa9bcae53U, 0xdebb9ec5U, 0x47b2cf7fU, 0x30b5ffe9U,
-    0xbdbdf21cU, 0xcabac28aU, 0x53b39330U, 0x24b4a3a6U, 0xbad03605U, 0xcdd70693U,
-    0x54de5729U, 0x23d967bfU, 0xb3667a2eU, 0xc4614ab8U, 0x5d681b02U, 0x2a6f2b94U,
+    0x00000000U, 0x77073096U, 0xee0e612cU, 0x990951baU, 0x076dc419U, 0x706af48fU, 0xe963a535U,
+    0x9e6495a3U, 0x0edb8832U, 0x79dcb8a4U, 0xe0d5e91eU, 0x97d2d988U, 0x09b64c2bU, 0x7eb17cbdU,
+    0xe7b82d07U, 0x90bf1d91U, 0x1db71064U, 0x6ab020f2U, 0xf3b97148U, 0x84be41deU, 0x1adad47dU,
+    0x6ddde4ebU, 0xf4d4b551U, 0x83d385c7U, 0x136c9856U, 0x646ba8c0U, 0xfd62f97aU, 0x8a65c9ecU,
+    0x14015c4fU, 0x63066cd9U, 0xfa0f3d63U, 0x8d080df5U, 0x3b6e20c8U, 0x4c69105eU, 0xd56041e4U,
+    0xa2677172U, 0x3c03e4d1U, 0x4b04d447U, 0xd20d85fdU, 0xa50ab56bU, 0x35b5a8faU, 0x42b2986cU,
+    0xdbbbc9d6U, 0xacbcf940U, 0x32d86ce3U, 0x45df5c75U, 0xdcd60dcfU, 0xabd13d59U, 0x26d930acU,
+    0x51de003aU, 0xc8d75180U, 0xbfd06116U, 0x21b4f4b5U, 0x56b3c423U, 0xcfba9599U, 0xb8bda50fU,
+    0x2802b89eU, 0x5f058808U, 0xc60cd9b2U, 0xb10be924U, 0x2f6f7c87U, 0x58684c11U, 0xc1611dabU,
+    0xb6662d3dU, 0x76dc4190U, 0x01db7106U, 0x98d220bcU, 0xefd5102aU, 0x71b18589U, 0x06b6b51fU,
+    0x9fbfe4a5U, 0xe8b8d433U, 0x7807c9a2U, 0x0f00f934U, 0x9609a88eU, 0xe10e9818U, 0x7f6a0dbbU,
+    0x086d3d2dU, 0x91646c97U, 0xe6635c01U, 0x6b6b51f4U, 0x1c6c6162U, 0x856530d8U, 0xf262004eU,
+    0x6c0695edU, 0x1b01a57bU, 0x8208f4c1U, 0xf50fc457U, 0x65b0d9c6U, 0x12b7e950U, 0x8bbeb8eaU,
+    0xfcb9887cU, 0x62dd1ddfU, 0x15da2d49U, 0x8cd37cf3U, 0xfbd44c65U, 0x4db26158U, 0x3ab551ceU,
+    0xa3bc0074U, 0xd4bb30e2U, 0x4adfa541U, 0x3dd895d7U, 0xa4d1c46dU, 0xd3d6f4fbU, 0x4369e96aU,
+    0x346ed9fcU, 0xad678846U, 0xda60b8d0U, 0x44042d73U, 0x33031de5U, 0xaa0a4c5fU, 0xdd0d7cc9U,
+    0x5005713cU, 0x270241aaU, 0xbe0b1010U, 0xc90c2086U, 0x5768b525U, 0x206f85b3U, 0xb966d409U,
+    0xce61e49fU, 0x5edef90eU, 0x29d9c998U, 0xb0d09822U, 0xc7d7a8b4U, 0x59b33d17U, 0x2eb40d81U,
+    0xb7bd5c3bU, 0xc0ba6cadU, 0xedb88320U, 0x9abfb3b6U, 0x03b6e20cU, 0x74b1d29aU, 0xead54739U,
+    0x9dd277afU, 0x04db2615U, 0x73dc1683U, 0xe3630b12U, 0x94643b84U, 0x0d6d6a3eU, 0x7a6a5aa8U,
+    0xe40ecf0bU, 0x9309ff9dU, 0x0a00ae27U, 0x7d079eb1U, 0xf00f9344U, 0x8708a3d2U, 0x1e01f268U,
+    0x6906c2feU, 0xf762575dU, 0x806567cbU, 0x196c3671U, 0x6e6b06e7U, 0xfed41b76U, 0x89d32be0U,
+    0x10da7a5aU, 0x67dd4accU, 0xf9b9df6fU, 0x8ebeeff9U, 0x17b7be43U, 0x60b08ed5U, 0xd6d6a3e8U,
+    0xa1d1937eU, 0x38d8c2c4U, 0x4fdff252U, 0xd1bb67f1U, 0xa6bc5767U, 0x3fb506ddU, 0x48b2364bU,
+    0xd80d2bdaU, 0xaf0a1b4cU, 0x36034af6U, 0x41047a60U, 0xdf60efc3U, 0xa867df55U, 0x316e8eefU,
+    0x4669be79U, 0xcb61b38cU, 0xbc66831aU, 0x256fd2a0U, 0x5268e236U, 0xcc0c7795U, 0xbb0b4703U,
+    0x220216b9U, 0x5505262fU, 0xc5ba3bbeU, 0xb2bd0b28U, 0x2bb45a92U, 0x5cb36a04U, 0xc2d7ffa7U,
+    0xb5d0cf31U, 0x2cd99e8bU, 0x5bdeae1dU, 0x9b64c2b0U, 0xec63f226U, 0x756aa39cU, 0x026d930aU,
+    0x9c0906a9U, 0xeb0e363fU, 0x72076785U, 0x05005713U, 0x95bf4a82U, 0xe2b87a14U, 0x7bb12baeU,
+    0x0cb61b38U, 0x92d28e9bU, 0xe5d5be0dU, 0x7cdcefb7U, 0x0bdbdf21U, 0x86d3d2d4U, 0xf1d4e242U,
+    0x68ddb3f8U, 0x1fda836eU, 0x81be16cdU, 0xf6b9265bU, 0x6fb077e1U, 0x18b74777U, 0x88085ae6U,
+    0xff0f6a70U, 0x66063bcaU, 0x11010b5cU, 0x8f659effU, 0xf862ae69U, 0x616bffd3U, 0x166ccf45U,
+    0xa00ae278U, 0xd70dd2eeU, 0x4e048354U, 0x3903b3c2U, 0xa7672661U, 0xd06016f7U, 0x4969474dU,
+    0x3e6e77dbU, 0xaed16a4aU, 0xd9d65adcU, 0x40df0b66U, 0x37d83bf0U, 0xa9bcae53U, 0xdebb9ec5U,
+    0x47b2cf7fU, 0x30b5ffe9U, 0xbdbdf21cU, 0xcabac28aU, 0x53b39330U, 0x24b4a3a6U, 0xbad03605U,
+    0xcdd70693U, 0x54de5729U, 0x23d967bfU, 0xb3667a2eU, 0xc4614ab8U, 0x5d681b02U, 0x2a6f2b94U,
     0xb40bbe37U, 0xc30c8ea1U, 0x5a05df1bU, 0x2d02ef8dU,
 };
 
@@ -186,8 +180,7 @@ static hd_rc read_exact(const reader *r, uint64_t off, uint8_t *p, size_t n) {
             if (errno == EINTR) continue;
             return io_fail(r->err, "read", r->path, errno);
         }
-        if (got == 0)
-            return hd_err_set(r->err, HD_EIO, "npz: %s shrank while being read", r->path);
+        if (got == 0) return hd_err_set(r->err, HD_EIO, "npz: %s shrank while being read", r->path);
         done += (size_t)got;
     }
     return HD_OK;
@@ -305,10 +298,9 @@ static hd_rc find_central_dir(const reader *r, cd_info *cd) {
  * the values of its zip64 extra field (APPNOTE 4.5.3: present fields appear
  * in the order usize, csize, offset, disk, and only those that overflowed). */
 static hd_rc apply_zip64_extra(const reader *r, const char *show, const uint8_t *ex, size_t ex_len,
-                               uint64_t *usize, uint64_t *csize, uint64_t *offset,
-                               uint32_t *disk) {
-    int need = *usize == ZIP32_MAX || *csize == ZIP32_MAX || *offset == ZIP32_MAX ||
-               *disk == 0xffff;
+                               uint64_t *usize, uint64_t *csize, uint64_t *offset, uint32_t *disk) {
+    int need =
+        *usize == ZIP32_MAX || *csize == ZIP32_MAX || *offset == ZIP32_MAX || *disk == 0xffff;
     size_t i = 0;
     while (i < ex_len) {
         if (ex_len - i < 4)
@@ -367,10 +359,11 @@ static hd_rc parse_cd_entry(const reader *r, const uint8_t *dir, const cd_info *
         return hd_err_set(r->err, HD_EFORMAT, "npz: member '%s' is encrypted", show);
     if (method != 0) {
         char how[32];
-        snprintf(how, sizeof how, "%s", method == 8    ? "deflate"
-                                        : method == 12 ? "bzip2"
-                                        : method == 14 ? "lzma"
-                                                       : "");
+        snprintf(how, sizeof how, "%s",
+                 method == 8    ? "deflate"
+                 : method == 12 ? "bzip2"
+                 : method == 14 ? "lzma"
+                                : "");
         if (!how[0]) snprintf(how, sizeof how, "method %u", method);
         return hd_err_set(r->err, HD_EFORMAT,
                           "npz: member '%s' is compressed (%s); save with np.savez, not "
@@ -398,8 +391,7 @@ static hd_rc parse_cd_entry(const reader *r, const uint8_t *dir, const cd_info *
                           show, (unsigned long long)csize, (unsigned long long)usize);
     /* Both below the central directory offset (<= 1 GiB), so sums cannot
      * overflow. */
-    if (offset > cd->offset || csize > cd->offset ||
-        offset + LOCAL_LEN + nlen + csize > cd->offset)
+    if (offset > cd->offset || csize > cd->offset || offset + LOCAL_LEN + nlen + csize > cd->offset)
         return hd_err_set(r->err, HD_EFORMAT,
                           "npz: member '%s' (offset %llu, %llu bytes) lies outside the archive "
                           "data (%llu bytes)",
@@ -529,7 +521,8 @@ free_lh:
 /* Largest .npy image a member with at most max_elems elements can be. */
 static size_t max_member_size(size_t max_elems) {
     size_t bytes;
-    if (hd_mul_size(max_elems, sizeof(double), &bytes) != 0 || bytes > SIZE_MAX - NPY_MAX_HEADER_LEN)
+    if (hd_mul_size(max_elems, sizeof(double), &bytes) != 0 ||
+        bytes > SIZE_MAX - NPY_MAX_HEADER_LEN)
         return SIZE_MAX;
     return bytes + NPY_MAX_HEADER_LEN;
 }
@@ -567,8 +560,8 @@ static hd_rc load_archive(const reader *r, size_t max_elems, npz_file **out) {
     }
     if (pos != cd.size) {
         rc = hd_err_set(r->err, HD_EFORMAT,
-                        "npz: %s: central directory has %llu bytes after its %zu entries",
-                        r->path, (unsigned long long)(cd.size - pos), n);
+                        "npz: %s: central directory has %llu bytes after its %zu entries", r->path,
+                        (unsigned long long)(cd.size - pos), n);
         goto out;
     }
     if ((rc = check_duplicates(r, ents, n)) != HD_OK) goto out;
@@ -683,12 +676,15 @@ static hd_rc plan_archive(size_t count, const npz_member *m, hd_err *err) {
                               nlen);
         if (m[i].ndim > 0 && !m[i].shape)
             return hd_err_set(err, HD_EINVAL, "npz save: member '%s' has no shape", m[i].name);
-        size_t hsize = npy_header_size(m[i].dtype, m[i].ndim, m[i].shape);
-        if (hsize == 0)
+        if (m[i].dtype != NPY_F32 && m[i].dtype != NPY_F64)
+            return hd_err_set(err, HD_EINVAL, "npz save: member '%s': invalid dtype %d", m[i].name,
+                              (int)m[i].dtype);
+        if (m[i].ndim > NPY_MAX_NDIM)
             return hd_err_set(err, HD_EINVAL,
-                              "npz save: member '%s': invalid dtype %d or %zu dimensions (at most "
-                              "%d)",
-                              m[i].name, (int)m[i].dtype, m[i].ndim, NPY_MAX_NDIM);
+                              "npz save: member '%s': %zu dimensions, at most %d supported",
+                              m[i].name, m[i].ndim, NPY_MAX_NDIM);
+        size_t hsize = npy_header_size(m[i].dtype, m[i].ndim, m[i].shape);
+        HD_ASSERT(hsize > 0);
         uint64_t bytes = (uint64_t)m[i].dtype;
         size_t elems = 1;
         for (size_t k = 0; k < m[i].ndim; k++)
@@ -768,12 +764,14 @@ static hd_rc write_member(int fd, const char *tmp, const npz_member *m, uint64_t
     return rc;
 }
 
-static hd_rc write_archive(int fd, const char *tmp, size_t count, const npz_member *m, hd_err *err) {
+static hd_rc write_archive(int fd, const char *tmp, size_t count, const npz_member *m,
+                           hd_err *err) {
     written *w = malloc((count ? count : 1) * sizeof *w);
     if (!w) return hd_err_set(err, HD_ENOMEM, "npz save: out of memory");
     uint64_t off = 0;
     hd_rc rc = HD_OK;
-    for (size_t i = 0; i < count && rc == HD_OK; i++) rc = write_member(fd, tmp, &m[i], &off, &w[i], err);
+    for (size_t i = 0; i < count && rc == HD_OK; i++)
+        rc = write_member(fd, tmp, &m[i], &off, &w[i], err);
     uint64_t cd_off = off;
     for (size_t i = 0; i < count && rc == HD_OK; i++) {
         size_t nlen = strlen(m[i].name);

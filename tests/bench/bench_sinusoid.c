@@ -128,39 +128,15 @@ static int run_one(const run_spec *base, row_t *r, int seed, double gamma, int t
     return 0;
 }
 
-/* Mean meta-validation loss over seeds for one gamma (runs are failed = inf). */
-static double val_score(const run_spec *base, row_t *r, int seeds, double gamma) {
-    double s = 0;
-    for (int i = 0; i < seeds; i++) {
-        runner_result res;
-        if (run_one(base, r, 1 + i, gamma, 0, &res) != 0) return INFINITY;
-        double v = res.failed || !isfinite(res.meta_val_loss) ? 1e30 : res.meta_val_loss;
-        s += v;
-        runner_result_clear(&res);
-    }
-    return s / seeds;
-}
-
-static void run_row(const run_spec *base, row_t *r, int seeds, mlp_t *m) {
-    r->gamma = base->method.gamma;
-    r->val = (double)NAN;
-    if (r->choose_gamma) {
-        double best = INFINITY;
-        for (int g = 0; g < N_GAMMAS; g++) {
-            double v = val_score(base, r, seeds, gammas[g]);
-            fprintf(stderr, "  %-28s gamma %-7g meta-val %.4f\n", r->label, gammas[g], v);
-            if (v < best) best = v, r->gamma = gammas[g];
-        }
-        r->val = best;
-    }
-    run_spec sp = *base;
-    sp.method.kind = r->kind;
-    if (r->period) sp.method.estimation_period = r->period;
-    r->flops = episode_flops(&sp, m, r->kind);
+/* Run every seed at one gamma, with meta-validation and meta-test. Returns
+ * the mean meta-validation loss (a failed run counts as 1e30). */
+static double run_seeds(const run_spec *base, row_t *r, int seeds, double gamma) {
+    double val = 0;
     r->vjps = r->secs = 0;
     for (int i = 0; i < seeds; i++) {
         runner_result res;
-        if (run_one(base, r, 1 + i, r->gamma, 1, &res) != 0) exit(1);
+        if (run_one(base, r, 1 + i, gamma, 1, &res) != 0) exit(1);
+        val += res.failed || !isfinite(res.meta_val_loss) ? 1e30 : res.meta_val_loss;
         r->test[i] = res.failed ? (double)NAN : res.meta_test_loss;
         r->blow[i] = res.blowups > 0 || res.failed;
         r->theta[i] = res.theta;
@@ -169,6 +145,32 @@ static void run_row(const run_spec *base, row_t *r, int seeds, mlp_t *m) {
         r->secs += res.seconds_per_episode / seeds;
         runner_result_clear(&res);
     }
+    return val / seeds;
+}
+
+/* A row: for hyperdistill every candidate gamma is run and the one with the
+ * lowest mean meta-validation loss is kept (meta-test results are recorded
+ * for every candidate but only the chosen one is reported). */
+static void run_row(const run_spec *base, row_t *r, int seeds, int ngammas, mlp_t *m) {
+    run_spec sp = *base;
+    sp.method.kind = r->kind;
+    if (r->period) sp.method.estimation_period = r->period;
+    r->flops = episode_flops(&sp, m, r->kind);
+    if (!r->choose_gamma) {
+        r->gamma = base->method.gamma;
+        r->val = run_seeds(base, r, seeds, r->gamma);
+        return;
+    }
+    row_t best = *r;
+    best.val = INFINITY;
+    for (int g = 0; g < ngammas; g++) {
+        row_t cand = *r;
+        cand.gamma = gammas[g];
+        cand.val = run_seeds(base, &cand, seeds, gammas[g]);
+        fprintf(stderr, "  %-30s gamma %-7g meta-val %.4f\n", r->label, gammas[g], cand.val);
+        if (cand.val < best.val) best = cand;
+    }
+    *r = best;
 }
 
 /* Cosines to rmd at shared states: the initial state and the final state of
@@ -266,7 +268,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (quick) seeds = 2, test_tasks = 200, val_tasks = 50, cos_tasks = 3;
+    int ngammas = N_GAMMAS;
+    if (quick) seeds = 2, test_tasks = 200, val_tasks = 50, cos_tasks = 3, ngammas = 2;
     if (seeds < 1 || seeds > MAX_SEEDS || episodes < 1 || test_tasks < 1) return 2;
     run_spec base;
     spec_default(&base);
@@ -296,7 +299,7 @@ int main(int argc, char **argv) {
     int nrows = (int)(sizeof rows / sizeof *rows);
     for (int r = 0; r < nrows; r++) {
         fprintf(stderr, "running %s ...\n", rows[r].label);
-        run_row(&base, &rows[r], seeds, m);
+        run_row(&base, &rows[r], seeds, ngammas, m);
     }
     row_t rmd_row = {.label = "rmd", .kind = METHOD_RMD};
     cosines(&base, rows, nrows, seeds, cos_tasks, rows[nrows - 1].gamma);
@@ -310,18 +313,18 @@ int main(int argc, char **argv) {
 
     /* Robust HyperDistill: configurations chosen on meta-validation only. */
     row_t robust[] = {
-        {.label = "hd + re-estimate every 5", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .period = 5},
         {.label = "hd + clip 1.0", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .clip = 1.0},
-        {.label = "hd + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .guard = 1},
         {.label = "hd + re-est 5 + clip 1 + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1,
          .period = 5, .clip = 1.0, .guard = 1},
+        {.label = "hd + re-estimate every 5", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .period = 5},
+        {.label = "hd + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .guard = 1},
     };
-    int nrob = (int)(sizeof robust / sizeof *robust);
+    int nrob = quick ? 2 : (int)(sizeof robust / sizeof *robust);
     double best_val = INFINITY;
     int best = 0;
     for (int r = 0; r < nrob; r++) {
         fprintf(stderr, "running %s ...\n", robust[r].label);
-        run_row(&base, &robust[r], seeds, m);
+        run_row(&base, &robust[r], seeds, ngammas, m);
         double v = robust[r].val;
         fprintf(stderr, "  %s: meta-val %.4f at gamma %g\n", robust[r].label, v, robust[r].gamma);
         if (v < best_val) best_val = v, best = r;

@@ -55,17 +55,17 @@ typedef struct {
 } netspec;
 
 static const netspec NET_RELU = {.name = "1-100-100-100-1 relu mse",
-                                  .nwidths = 5,
-                                  .widths = {1, 100, 100, 100, 1},
-                                  .act = MLP_ACT_RELU,
-                                  .loss = MLP_LOSS_MSE,
-                                  .batch = 10};
+                                 .nwidths = 5,
+                                 .widths = {1, 100, 100, 100, 1},
+                                 .act = MLP_ACT_RELU,
+                                 .loss = MLP_LOSS_MSE,
+                                 .batch = 10};
 static const netspec NET_TANH = {.name = "20-32-32-5 tanh xent",
-                                  .nwidths = 4,
-                                  .widths = {20, 32, 32, 5},
-                                  .act = MLP_ACT_TANH,
-                                  .loss = MLP_LOSS_XENT,
-                                  .batch = 16};
+                                 .nwidths = 4,
+                                 .widths = {20, 32, 32, 5},
+                                 .act = MLP_ACT_TANH,
+                                 .loss = MLP_LOSS_XENT,
+                                 .batch = 16};
 
 /* State vector z = (w, v, lam): the variables of S. */
 typedef struct {

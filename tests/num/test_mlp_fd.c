@@ -19,6 +19,8 @@
  *    (c_lam, c_w), with c_lam == NULL, c_w == 0, and h_lam == NULL variants;
  *  - g_w returned by the HVP equals mlp_grad's g_w; u.(Hv) == v.(Hu);
  *  - the mlp_feat_* path is bit-identical to the _x conveniences;
+ *  - the split passes (mlp_upper_grad/hvp + mlp_lower_backward) agree with
+ *    the whole-batch products;
  *  - mlp_new argument validation, accessors, mlp_init_params.
  *
  * FD step. All FD directions are unit vectors (a coordinate vector, or a
@@ -66,17 +68,17 @@ typedef struct {
 } netspec;
 
 static const netspec NET_RELU = {.name = "1-100-100-100-1 relu mse",
-                                  .nwidths = 5,
-                                  .widths = {1, 100, 100, 100, 1},
-                                  .act = MLP_ACT_RELU,
-                                  .loss = MLP_LOSS_MSE,
-                                  .batch = 10};
+                                 .nwidths = 5,
+                                 .widths = {1, 100, 100, 100, 1},
+                                 .act = MLP_ACT_RELU,
+                                 .loss = MLP_LOSS_MSE,
+                                 .batch = 10};
 static const netspec NET_TANH = {.name = "20-32-32-5 tanh xent",
-                                  .nwidths = 4,
-                                  .widths = {20, 32, 32, 5},
-                                  .act = MLP_ACT_TANH,
-                                  .loss = MLP_LOSS_XENT,
-                                  .batch = 16};
+                                 .nwidths = 4,
+                                 .widths = {20, 32, 32, 5},
+                                 .act = MLP_ACT_TANH,
+                                 .loss = MLP_LOSS_XENT,
+                                 .batch = 16};
 
 /* One network instance: the parameters are the full vector p = (lam, w), so
  * lam = p and w = p + nl; p is never NULL even when nl == 0. */
@@ -691,6 +693,117 @@ out:
     free(y2);
 }
 
+/* Split passes (mlp_upper_grad, mlp_upper_hvp, mlp_lower_backward) against the
+ * whole-batch products, which the FD checks above validate: over the full
+ * row range they must give the same loss, g_w, g_lam, h_w and H_lw c_w (1e-13
+ * relative, max-norm: the same products, possibly summed in another order).
+ * mlp_lower_backward must be linear in its cotangent. Row sub-ranges: the
+ * header does not say which rows of y are read nor how a range's loss is
+ * normalised; as implemented, y points at the range's own first row and the
+ * loss (hence every cotangent) is the mean over the range's rows, so the
+ * whole-batch quantities are the row-weighted means of the ranges'. */
+static void check_split_passes(inst *I, rng_t *r) {
+    size_t np = I->np, nl = I->nl, nw = I->nw, n = I->n;
+    size_t wk = I->ns->widths[I->k], out = I->ns->widths[I->ns->nwidths - 1];
+    const double *lam = I->p, *w = I->p + nl;
+    double *gref = dalloc(np), *href = dalloc(np), *cw = dalloc(nw), *gw = dalloc(nw),
+           *gl = dalloc(nl), *dtop = dalloc(n * wk), *d2 = dalloc(n * wk), *gl2 = dalloc(nl),
+           *gl3 = dalloc(nl), *gwa = dalloc(nw), *gwb = dalloc(nw), *gla = dalloc(nl),
+           *glb = dalloc(nl), *mix = dalloc(np);
+    mlp_feat_t *f = NULL;
+    hd_err err;
+    hd_err_clear(&err);
+    if (mlp_feat_new(I->m, n, &f, &err) != HD_OK) {
+        CHECK(!"mlp_feat_new failed");
+        goto out;
+    }
+    mlp_feat_compute(I->m, f, lam, I->x, n);
+    for (size_t i = 0; i < nw; i++)
+        cw[i] = rng_normal(r);
+    double lref = mlp_grad_f(I->m, f, lam, w, I->y, gref, gref + nl);
+    mlp_hvp_f(I->m, f, lam, w, I->y, NULL, cw, href, href + nl, NULL);
+
+    /* g_w alone (dtop NULL, allowed for every k) */
+    double l0 = mlp_upper_grad(I->m, f, 0, n, lam, w, I->y, gw, NULL);
+    CHECK_NEAR(l0, lref, 1e-13 * fabs(lref));
+    CHECK_MSG(vec_max_rel_diff(nw, gw, gref + nl) <= 1e-13, "%s k=%zu: upper_grad g_w %g",
+              I->ns->name, I->k, vec_max_rel_diff(nw, gw, gref + nl));
+    double lh = mlp_upper_hvp(I->m, f, 0, n, lam, w, I->y, cw, gw, NULL);
+    CHECK_NEAR(lh, lref, 1e-13 * fabs(lref));
+    CHECK_MSG(vec_max_rel_diff(nw, gw, href + nl) <= 1e-13, "%s k=%zu: upper_hvp h_w %g",
+              I->ns->name, I->k, vec_max_rel_diff(nw, gw, href + nl));
+    if (nl == 0)
+        goto out;
+
+    /* g_lam = lower_backward(dtop), H_lw c_w = lower_backward(Rdtop) */
+    mlp_upper_grad(I->m, f, 0, n, lam, w, I->y, gw, dtop);
+    mlp_lower_backward(I->m, f, 0, n, lam, dtop, gl);
+    CHECK_MSG(vec_max_rel_diff(nw, gw, gref + nl) <= 1e-13, "%s k=%zu: upper_grad g_w (dtop)",
+              I->ns->name, I->k);
+    CHECK_MSG(vec_max_rel_diff(nl, gl, gref) <= 1e-13, "%s k=%zu: lower_backward g_lam %g",
+              I->ns->name, I->k, vec_max_rel_diff(nl, gl, gref));
+    mlp_upper_hvp(I->m, f, 0, n, lam, w, I->y, cw, gw, dtop);
+    mlp_lower_backward(I->m, f, 0, n, lam, dtop, gl);
+    CHECK_MSG(vec_max_rel_diff(nw, gw, href + nl) <= 1e-13, "%s k=%zu: upper_hvp h_w (Rdtop)",
+              I->ns->name, I->k);
+    CHECK_MSG(vec_max_rel_diff(nl, gl, href) <= 1e-13, "%s k=%zu: lower_backward H_lw c %g",
+              I->ns->name, I->k, vec_max_rel_diff(nl, gl, href));
+
+    /* linearity in the cotangent */
+    for (size_t i = 0; i < n * wk; i++) {
+        dtop[i] = rng_normal(r);
+        d2[i] = rng_normal(r);
+    }
+    mlp_lower_backward(I->m, f, 0, n, lam, dtop, gl);
+    mlp_lower_backward(I->m, f, 0, n, lam, d2, gl2);
+    for (size_t i = 0; i < n * wk; i++)
+        d2[i] += dtop[i];
+    mlp_lower_backward(I->m, f, 0, n, lam, d2, gl3);
+    for (size_t i = 0; i < nl; i++)
+        gl[i] += gl2[i];
+    CHECK_MSG(vec_max_rel_diff(nl, gl, gl3) <= 1e-12, "%s k=%zu: lower_backward not linear %g",
+              I->ns->name, I->k, vec_max_rel_diff(nl, gl, gl3));
+
+    /* two row ranges [0, n1) and [n1, n) */
+    size_t n1 = n / 2 - 1, n2 = n - n1;
+    double la = mlp_upper_grad(I->m, f, 0, n1, lam, w, I->y, gwa, dtop);
+    mlp_lower_backward(I->m, f, 0, n1, lam, dtop, gla);
+    double lb = mlp_upper_grad(I->m, f, n1, n2, lam, w, I->y + n1 * out, gwb, dtop);
+    mlp_lower_backward(I->m, f, n1, n2, lam, dtop, glb);
+    double a = (double)n1 / (double)n, b = (double)n2 / (double)n;
+    CHECK_NEAR(a * la + b * lb, lref, 1e-12 * fabs(lref));
+    vec_lincomb(nl, mix, a, gla, b, glb);
+    vec_lincomb(nw, mix + nl, a, gwa, b, gwb);
+    CHECK_MSG(vec_max_rel_diff(np, mix, gref) <= 1e-12,
+              "%s k=%zu: row-range gradients do not combine to the batch gradient (%g)",
+              I->ns->name, I->k, vec_max_rel_diff(np, mix, gref));
+    la = mlp_upper_hvp(I->m, f, 0, n1, lam, w, I->y, cw, gwa, dtop);
+    mlp_lower_backward(I->m, f, 0, n1, lam, dtop, gla);
+    lb = mlp_upper_hvp(I->m, f, n1, n2, lam, w, I->y + n1 * out, cw, gwb, dtop);
+    mlp_lower_backward(I->m, f, n1, n2, lam, dtop, glb);
+    vec_lincomb(nl, mix, a, gla, b, glb);
+    vec_lincomb(nw, mix + nl, a, gwa, b, gwb);
+    CHECK_MSG(vec_max_rel_diff(np, mix, href) <= 1e-12,
+              "%s k=%zu: row-range HVPs do not combine to the batch HVP (%g)", I->ns->name, I->k,
+              vec_max_rel_diff(np, mix, href));
+out:
+    mlp_feat_free(f);
+    free(gref);
+    free(href);
+    free(cw);
+    free(gw);
+    free(gl);
+    free(dtop);
+    free(d2);
+    free(gl2);
+    free(gl3);
+    free(gwa);
+    free(gwb);
+    free(gla);
+    free(glb);
+    free(mix);
+}
+
 /* The full gradient and HVP are functions of the full vector p = (lam, w)
  * only, whatever the split k: compare every k with the first one. */
 static void check_across_k(inst *I, const double *g0, const double *h0, const double *d) {
@@ -718,6 +831,7 @@ static void run_net(const netspec *ns, const size_t *ks, size_t nks, uint64_t se
         check_hvp(&I, &r);
         check_symmetry(&I, &r);
         check_feat_identity(&I, &r);
+        check_split_passes(&I, &r);
         if (t == 0) {
             g0 = dalloc(I.np);
             h0 = dalloc(I.np);
