@@ -20,18 +20,12 @@
 #include "spec.h"
 #include "vec.h"
 
-#ifdef HD_HAVE_DAEMON
-#include "daemon.h"
-#endif
+#include <curl/curl.h>
 
-static void usage(FILE *f) {
-    fputs("usage:\n"
-          "  hdworker --local SPEC.json --out DIR [--lambda L.npy] [--phi P.npy] [--quiet]\n"
-          "  hdworker probe --spec SPEC.json --lambda L.npy --phi P.npy --task T.npz --out DIR\n"
-          "  hdworker --server URL --token TOKEN [--run ID] [--name NAME] [--shard I/N] [--slots K]\n"
-          "  hdworker --help\n",
-          f);
-}
+#include "config.h"
+#include "daemon.h"
+
+static void usage(FILE *f) { wconfig_usage(f); }
 
 /* Load a warm-start vector and check its length against the model. */
 static int load_vec(const char *path, size_t n, const char *what, double **out) {
@@ -153,11 +147,11 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "probe") == 0) return probe_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--local") == 0) return run_local(argc, argv);
-#ifdef HD_HAVE_DAEMON
-    return daemon_main(argc, argv);
-#else
-    fprintf(stderr, "hdworker: give --local SPEC.json or probe\n");
-    usage(stderr);
-    return 2;
-#endif
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "hdworker: curl_global_init failed\n");
+        return 1;
+    }
+    int status = daemon_main(argc, argv);
+    curl_global_cleanup();
+    return status;
 }
