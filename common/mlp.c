@@ -30,7 +30,7 @@ struct mlp {
     double *A[MLP_MAX_LAYERS + 1];  /* activations of layers 1..L */
     double *RZ[MLP_MAX_LAYERS + 1]; /* R-forward pre-activations */
     double *RA[MLP_MAX_LAYERS + 1]; /* R-forward activations */
-    double *buf[4];                 /* backward buffers: dZ/dA pair, RdZ/RdA pair */
+    double *buf[4];                 /* backward buffers, 2 x max_batch x max_width each */
     double *ones;                   /* max_batch ones, for bias sums */
     double *rowtmp;                 /* max_batch scratch (softmax) */
     mlp_feat_t *own;                /* cache used by the _x conveniences */
@@ -102,7 +102,7 @@ hd_rc mlp_new(size_t nwidths, const size_t *widths, mlp_act act, mlp_loss loss,
         m->RA[l] = malloc(sz * sizeof(double));
         fail |= !m->Z[l] || !m->A[l] || !m->RZ[l] || !m->RA[l];
     }
-    for (int i = 0; i < 4; i++) fail |= !(m->buf[i] = malloc(big * sizeof(double)));
+    for (int i = 0; i < 4; i++) fail |= !(m->buf[i] = malloc(2 * big * sizeof(double)));
     m->ones = malloc(max_batch * sizeof(double));
     m->rowtmp = malloc(max_batch * sizeof(double));
     fail |= !m->ones || !m->rowtmp;
@@ -360,7 +360,8 @@ static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_r
                        const double *lam, const double *w, const double *y, const double *c_lam,
                        const double *c_w, double *h_lam, double *h_w, double *g_w, double *Rdtop) {
     acts_t a;
-    double *dZ = m->buf[0], *dA = m->buf[1], *RdZ = m->buf[2], *RdA = m->buf[3];
+    /* buf[0] holds [RdZ; dZ] of the output layer: n rows each. */
+    double *RdZ = m->buf[0], *dZ = m->buf[0] + n_rows * m->widths[m->L];
     double loss = upper_forward(m, f, r0_rows, n_rows, w, y, &a, dZ);
     size_t n = a.n, L = m->L, k = m->k;
 
@@ -408,53 +409,60 @@ static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_r
         }
     }
 
-    /* Backward and R-backward together. Below r0 the R-quantities of the
-     * forward pass are zero, so only RdZ travels on (and dZ is not needed). */
+    /* Backward and R-backward together, on stacked rows: P holds [RdZ; dZ]
+     * (2n x o), so that [RdZ; dZ] W is one product giving RdZ W and dZ W, and
+     * RdW = [RdZ; dZ]^T [A; RA] is one product over 2n rows. Below r0 the
+     * R-quantities of the forward pass are zero, so only RdZ travels on. */
     size_t lo = h_lam ? 1 : k + 1;
-    int need_plain = 1; /* dZ still needed for the R terms */
+    double *Pb = RdZ, *Qb = m->buf[1], *Sb = m->buf[2];
     for (size_t l = L; l >= lo; l--) {
+        size_t in = m->widths[l - 1], ol = m->widths[l];
+        double *RdZl = Pb, *dZl = Pb + n * ol;
         const double *Aprev = a.A[l - 1];
         int rprev = (l - 1 >= r0) && (l - 1 >= 1); /* RA_{l-1} nonzero */
         double *H = layer_out(m, l, h_lam, h_w);
-        layer_param_grad(m, l, n, RdZ, Aprev, H, 0.0);
-        if (rprev) layer_param_grad_w(m, l, n, dZ, m->RA[l - 1], H, 1.0, 1);
-        if (g_w && l > k) layer_param_grad(m, l, n, dZ, Aprev, layer_out(m, l, NULL, g_w), 0.0);
+        if (rprev) {
+            memcpy(Sb, Aprev, n * in * sizeof(double));
+            memcpy(Sb + n * in, m->RA[l - 1], n * in * sizeof(double));
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ol, (int)in, (int)(2 * n),
+                        1.0, Pb, (int)ol, Sb, (int)in, 0.0, H, (int)in);
+        } else {
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ol, (int)in, (int)n, 1.0,
+                        RdZl, (int)ol, Aprev, (int)in, 0.0, H, (int)in);
+        }
+        cblas_dgemv(CblasRowMajor, CblasTrans, (int)n, (int)ol, 1.0, RdZl, (int)ol, m->ones, 1,
+                    0.0, H + ol * in, 1);
+        if (g_w && l > k) layer_param_grad(m, l, n, dZl, Aprev, layer_out(m, l, NULL, g_w), 0.0);
+        const double *W = layer_params(m, l, lam, w);
         if (l == lo) {
             if (Rdtop) {
                 /* RdA_k = RdZ W + dZ V (layer k+1 always carries the direction). */
-                layer_input_grad(m, l, n, RdZ, layer_params(m, l, lam, w), Rdtop, 0.0);
-                layer_input_grad(m, l, n, dZ, layer_params(m, l, c_lam, c_w), Rdtop, 1.0);
+                layer_input_grad(m, l, n, RdZl, W, Rdtop, 0.0);
+                layer_input_grad(m, l, n, dZl, layer_params(m, l, c_lam, c_w), Rdtop, 1.0);
             }
             break;
         }
-        const double *P = layer_params(m, l, lam, w);
         int has_dir = l >= r0; /* V_l nonzero */
-        need_plain = (l - 1 >= r0) || (g_w && l - 1 > k);
-        /* RdA_{l-1} = RdZ W + dZ V */
-        layer_input_grad(m, l, n, RdZ, P, RdA, 0.0);
-        if (has_dir) layer_input_grad(m, l, n, dZ, layer_params(m, l, c_lam, c_w), RdA, 1.0);
-        size_t cnt = n * m->widths[l - 1];
+        int need_plain = (l - 1 >= r0) || (g_w && l - 1 > k); /* dZ_{l-1} needed below */
+        /* [RdA; dA] = [RdZ; dZ] W, then RdA += dZ V */
+        layer_input_grad(m, l, need_plain ? 2 * n : n, Pb, W, Qb, 0.0);
+        double *RdAl = Qb, *dAl = Qb + n * in;
+        if (has_dir) layer_input_grad(m, l, n, dZl, layer_params(m, l, c_lam, c_w), RdAl, 1.0);
+        size_t cnt = n * in;
         const double *Zp = a.Z[l - 1], *Ap = a.A[l - 1];
-        if (need_plain) {
-            layer_input_grad(m, l, n, dZ, P, dA, 0.0);
-            if (l - 1 >= r0) {
-                const double *RZp = m->RZ[l - 1];
-                for (size_t i = 0; i < cnt; i++)
-                    RdA[i] = RdA[i] * act_d1(m->act, Zp[i], Ap[i]) +
-                             dA[i] * act_d2(m->act, Ap[i]) * RZp[i];
-            } else {
-                for (size_t i = 0; i < cnt; i++) RdA[i] *= act_d1(m->act, Zp[i], Ap[i]);
-            }
-            for (size_t i = 0; i < cnt; i++) dA[i] *= act_d1(m->act, Zp[i], Ap[i]);
-            double *t = dZ;
-            dZ = dA;
-            dA = t;
+        if (need_plain && l - 1 >= r0) {
+            const double *RZp = m->RZ[l - 1];
+            for (size_t i = 0; i < cnt; i++)
+                RdAl[i] = RdAl[i] * act_d1(m->act, Zp[i], Ap[i]) +
+                          dAl[i] * act_d2(m->act, Ap[i]) * RZp[i];
         } else {
-            for (size_t i = 0; i < cnt; i++) RdA[i] *= act_d1(m->act, Zp[i], Ap[i]);
+            for (size_t i = 0; i < cnt; i++) RdAl[i] *= act_d1(m->act, Zp[i], Ap[i]);
         }
-        double *t = RdZ;
-        RdZ = RdA;
-        RdA = t;
+        if (need_plain)
+            for (size_t i = 0; i < cnt; i++) dAl[i] *= act_d1(m->act, Zp[i], Ap[i]);
+        double *t = Pb;
+        Pb = Qb;
+        Qb = t;
     }
     /* g_w for w layers below lo cannot happen: lo <= k + 1. */
     return loss;
