@@ -18,7 +18,8 @@ struct episode {
     const method_cfg *mc;   /* borrowed */
     int T;                  /* steps per episode */
     int t;                  /* steps done */
-    int guard;              /* skip non-finite steps */
+    int guard;              /* skip non-finite (or guard_loss-exceeding) steps */
+    double guard_loss;      /* > 0: also skip steps whose support loss after the step exceeds it */
     size_t n_s, n_q;        /* support / query rows */
     size_t nw, nl;          /* sizes of w and lam */
     size_t wk;              /* width of the top lam layer (0 if no lam layers) */
@@ -101,7 +102,10 @@ void episode_free(episode_t *e) {
     free(e);
 }
 
-void episode_set_guard(episode_t *e, int skip_nonfinite) { e->guard = skip_nonfinite; }
+void episode_set_guard(episode_t *e, int skip_nonfinite, double max_loss) {
+    e->guard = skip_nonfinite || max_loss > 0.0;
+    e->guard_loss = max_loss;
+}
 
 /* Stack the support and query inputs so that one product per layer computes
  * the features of both. */
@@ -230,6 +234,10 @@ hd_rc episode_step(episode_t *e, const double *lam, double theta, int replay, do
     }
     info->train_loss = inner_update(e, lam, e->w, e->v);
     int bad = !isfinite(info->train_loss) || !vec_all_finite(nw, e->w);
+    if (!bad && e->guard_loss > 0.0) {
+        double after = mlp_upper_loss(e->m, e->f, 0, n_s, e->w, e->ys);
+        bad = !(after <= e->guard_loss);
+    }
     if (bad) {
         info->nonfinite = 1;
         if (e->guard) {

@@ -41,11 +41,13 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
                   size_t n_q, episode_t **out, hd_err *err);
 void episode_free(episode_t *e);
 
-/* Guard (robust.skip_nonfinite): when an inner step produces a non-finite
- * loss or state, the step is skipped (the state stays at s_{t-1}), and a
- * posting step writes a zero hypergradient with info->nonfinite = 1, so that
- * the meta-batch still has B contributions. Off by default. */
-void episode_set_guard(episode_t *e, int skip_nonfinite);
+/* Guard (robust.skip_nonfinite, robust.guard_loss): when an inner step
+ * produces a non-finite loss or state (skip_nonfinite), or a support loss
+ * after the step above max_loss (max_loss > 0), the step is skipped (the
+ * state stays at s_{t-1}), and a posting step writes a zero hypergradient with
+ * info->nonfinite = 1, so that the meta-batch still has B contributions. Off
+ * by default. */
+void episode_set_guard(episode_t *e, int skip_nonfinite, double max_loss);
 
 /* Start an episode at s_0 = (phi, 0) on a task. Borrows the four arrays until
  * the next episode_begin. */

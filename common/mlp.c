@@ -474,6 +474,12 @@ double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double 
     return hvp_core(m, f, 0, f->n, lam, w, y, c_lam, c_w, h_lam, h_w, g_w, NULL);
 }
 
+double mlp_upper_loss(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *w,
+                      const double *y) {
+    acts_t a;
+    return upper_forward(m, f, r0, n, w, y, &a, NULL);
+}
+
 double mlp_upper_grad(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
                       const double *w, const double *y, double *g_w, double *dtop) {
     HD_ASSERT(!dtop || m->k >= 1);

@@ -99,12 +99,16 @@ double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double 
  * callers can add cotangents of several products (over rows, or over steps at
  * the same lam and batch) and run it once.
  *
+ * Targets y point at the range's first row; every loss is the mean over the
+ * range's rows. mlp_upper_loss: the loss over the rows (forward only).
  * mlp_upper_grad: loss and g_w over the rows; when dtop (n x widths[k]) is
  * non-NULL, the cotangent on A_k. Then g_lam = mlp_lower_backward(dtop).
  * mlp_upper_hvp: HVP in direction (0, c_w): h_w = H_ww c_w and, when Rdtop is
  * non-NULL, the R-cotangent on A_k, with H_lw c_w = mlp_lower_backward(Rdtop).
  * mlp_lower_backward: g_lam (overwritten) = backward of dtop (n x widths[k])
  * through layers k..1 at rows [r0, r0+n) of the cache. */
+double mlp_upper_loss(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *w,
+                      const double *y);
 double mlp_upper_grad(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,
                       const double *w, const double *y, double *g_w, double *dtop);
 double mlp_upper_hvp(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, const double *lam,

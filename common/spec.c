@@ -48,6 +48,7 @@ void spec_default(run_spec *s) {
     method_cfg_default(&s->method);
     s->clip_norm = 0.0;
     s->skip_nonfinite = 0;
+    s->guard_loss = 0.0;
     s->blowup_loss = 50.0;
     s->episodes = 30;
     s->meta_batch = 10;
@@ -295,7 +296,7 @@ static const char *const k_outer[] = {"optimizer", "lr", "beta1", "beta2", "eps"
 static const char *const k_method[] = {"name",      "gamma",      "estimation_period",
                                        "pi_mode",   "theta_init", "neumann_n",
                                        "neumann_k", "neumann_lr"};
-static const char *const k_robust[] = {"clip_norm", "skip_nonfinite", "blowup_loss"};
+static const char *const k_robust[] = {"clip_norm", "skip_nonfinite", "guard_loss", "blowup_loss"};
 static const char *const k_eval[] = {"meta_val_tasks", "meta_test_tasks", "interval"};
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -446,6 +447,7 @@ static void parse_rest(pctx *p, const cJSON *root, run_spec *s) {
 
     get_real(p, robust, "robust.clip_norm", 0.0, 0, INFINITY, 0, &s->clip_norm);
     get_bool(p, robust, "robust.skip_nonfinite", &s->skip_nonfinite);
+    get_real(p, robust, "robust.guard_loss", 0.0, 0, INFINITY, 0, &s->guard_loss);
     get_real(p, robust, "robust.blowup_loss", 0.0, 1, INFINITY, 0, &s->blowup_loss);
 
     get_int(p, root, "episodes", 1, SPEC_MAX_EPISODES, &s->episodes);
@@ -638,6 +640,7 @@ char *spec_to_json(const run_spec *s) {
     sb_add(&b, "},\"robust\":{");
     sb_real(&b, "", "clip_norm", s->clip_norm);
     sb_add(&b, ",\"skip_nonfinite\":%s", s->skip_nonfinite ? "true" : "false");
+    sb_real(&b, ",", "guard_loss", s->guard_loss);
     sb_real(&b, ",", "blowup_loss", s->blowup_loss);
     sb_add(&b, "},\"episodes\":%d,\"meta_batch\":%d", s->episodes, s->meta_batch);
     sb_real(&b, ",", "reptile_lr", s->reptile_lr);

@@ -9,7 +9,7 @@
  *  "method": {"name": "hyperdistill", "gamma": 0.99, "estimation_period": 50,
  *             "pi_mode": "fitted", "theta_init": 1.0,
  *             "neumann_n": 3, "neumann_k": 5, "neumann_lr": 0},
- *  "robust": {"clip_norm": 0, "skip_nonfinite": false, "blowup_loss": 50},
+ *  "robust": {"clip_norm": 0, "skip_nonfinite": false, "guard_loss": 0, "blowup_loss": 50},
  *  "episodes": 30, "meta_batch": 10, "reptile_lr": 1.0, "seed": 1,
  *  "eval": {"meta_val_tasks": 200, "meta_test_tasks": 1000, "interval": 0},
  *  "mode": "sync", "max_staleness": 4, "lease_seconds": 30, "shards": 1,
@@ -52,6 +52,8 @@ typedef struct {
     method_cfg method;                    /* method.* */
     double clip_norm;                     /* robust.clip_norm, 0 = off */
     int skip_nonfinite;                   /* robust.skip_nonfinite */
+    double guard_loss;                    /* robust.guard_loss: also skip inner steps whose support
+                                           * loss after the step exceeds this; 0 = off */
     double blowup_loss;                   /* robust.blowup_loss: query loss counted as a blow-up */
     int episodes;                         /* M >= 1 */
     int meta_batch;                       /* B >= 1 */

@@ -209,7 +209,7 @@ static long load_run(daemon_t *d, long run) {
             HD_LOG_ERROR("episode error=\"%s\"", err.msg);
             return -1;
         }
-        episode_set_guard(d->eps[i], sp->skip_nonfinite);
+        episode_set_guard(d->eps[i], sp->skip_nonfinite, sp->guard_loss);
     }
     d->lam_version = d->phi_version = -1;
     d->have_spec = 1;
@@ -344,7 +344,7 @@ static job_rc job_train(daemon_t *d, const cJSON *job, const int *slots, int K) 
         for (int i = 0; i < K; i++) {
             episode_info info;
             episode_step(d->eps[i], d->lam, theta, replay, d->g, &info);
-            if (info.nonfinite && sp->skip_nonfinite) skipped++;
+            if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) skipped++;
             if (info.posted) {
                 if (i == 0) vec_copy(d->nl, d->gsum, d->g);
                 else vec_axpy(d->nl, d->gsum, 1.0, d->g);

@@ -174,7 +174,7 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         if ((rc = episode_new(m, &sp->inner, &sp->method, T, sp->task.shots, sp->task.queries,
                               &eps[b], err)) != HD_OK)
             goto done;
-        episode_set_guard(eps[b], sp->skip_nonfinite);
+        episode_set_guard(eps[b], sp->skip_nonfinite, sp->guard_loss);
         if ((rc = task_alloc(&tasks[b], sp->task.shots, sp->task.queries, sp->task.in_dim,
                              sp->task.out_dim, err)) != HD_OK)
             goto done;
@@ -209,7 +209,7 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
                 episode_info info;
                 episode_step(eps[b], lam, theta, 0, g, &info);
                 vjps += info.vjps;
-                if (info.nonfinite && sp->skip_nonfinite) res->skipped_steps++;
+                if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) res->skipped_steps++;
                 if (info.posted) {
                     if (b == 0) vec_copy(nl, gsum, g);
                     else vec_axpy(nl, gsum, 1.0, g);

@@ -42,7 +42,7 @@ typedef struct sim {
     hdc_server *srv;
     hdc_conn conn;
     long long run;
-    char token[96];
+    char token[160];
     char worker_id[48];
     run_spec spec;
     mlp_t *m;
@@ -60,6 +60,8 @@ typedef struct sim {
     int check_repeat;  /* 1: once, re-post a step and check nothing changes */
     int repeat_checked;
     int errors;
+    int dropped;       /* leases lost (410) and dropped */
+    double last_hb;    /* monotonic time of the last heartbeat round */
     char last_err[512];
 } sim_t;
 
@@ -90,7 +92,7 @@ static inline long sim_call(sim_t *s, const char *method, const char *path, cons
     return 0;
 }
 
-static inline const double *sim_cache_get(sim_t *s, long long v) {
+static inline double *sim_cache_get(sim_t *s, long long v) {
     for (int i = 0; i < s->ncache; i++)
         if (s->cv[i] == v) return s->cl[i];
     return NULL;
@@ -110,9 +112,9 @@ static inline void sim_cache_put(sim_t *s, long long v, double *lam) {
 /* lam (which 0) or phi (1) of exactly version v: 0 ok, 1 not reached yet, -1 error. */
 static inline int sim_tensor(sim_t *s, int which, long long v, double **out) {
     if (!which) {
-        const double *c = sim_cache_get(s, v);
+        double *c = sim_cache_get(s, v);
         if (c) {
-            *out = (double *)c;
+            *out = c;
             return 0;
         }
     }
@@ -140,6 +142,32 @@ static inline int sim_tensor(sim_t *s, int which, long long v, double **out) {
         return -1;
     }
     if (!which) sim_cache_put(s, v, x);
+    *out = x;
+    return 0;
+}
+
+/* Async: the newest lam and its version. 0 ok, -1 error. */
+static inline int sim_newest(sim_t *s, double **out, long long *v) {
+    char path[160];
+    snprintf(path, sizeof path, "/v1/runs/%lld/hyper", s->run);
+    hdc_resp r;
+    if (sim_call(s, "GET", path, NULL, 0, NULL, &r) != 200) {
+        sim_fail(s, path, &r);
+        hdc_resp_free(&r);
+        return -1;
+    }
+    *v = strtoll(r.etag + (r.etag[0] == '"'), NULL, 10);
+    double *c = sim_cache_get(s, *v);
+    if (c) {
+        hdc_resp_free(&r);
+        *out = c;
+        return 0;
+    }
+    double *x = NULL;
+    hd_rc rc = npy_decode((const uint8_t *)r.body, r.len, 1u << 26, 1, NULL, &x, NULL);
+    hdc_resp_free(&r);
+    if (rc != HD_OK) return -1;
+    sim_cache_put(s, *v, x);
     *out = x;
     return 0;
 }
@@ -180,7 +208,7 @@ static inline int sim_train_setup(sim_t *s, sim_lease *l) {
                        s->spec.task.out_dim, NULL) != HD_OK) {
             return -1;
         }
-        episode_set_guard(l->eps[i], s->spec.skip_nonfinite);
+        episode_set_guard(l->eps[i], s->spec.skip_nonfinite, s->spec.guard_loss);
         task_make(&s->spec.task, s->spec.seed, TASK_STREAM_TRAIN, (uint64_t)l->episode, (uint64_t)l->slots[i],
                   &l->tasks[i]);
         episode_begin(l->eps[i], phi, l->tasks[i].xs, l->tasks[i].ys, l->tasks[i].xq, l->tasks[i].yq);
@@ -209,7 +237,7 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
         int t = l->t;
         double *lam;
         long long v = l->v0 + sim_posts_before(s, t);
-        int rc = sim_tensor(s, 0, v, &lam);
+        int rc = s->spec.mode == SPEC_MODE_ASYNC ? sim_newest(s, &lam, &v) : sim_tensor(s, 0, v, &lam);
         if (rc == 1) break;
         if (rc < 0) goto fail;
         int posted = 0;
@@ -231,6 +259,16 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
             snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%lld", l->id, t, l->nslots, v);
             hdc_resp r;
             long st = sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
+            if (st == 410) {
+                /* The lease was lost (expired): drop it; its slots come back. */
+                s->dropped++;
+                hdc_resp_free(&r);
+                free(buf);
+                l->done = 1;
+                free(g);
+                free(sum);
+                return 1;
+            }
             if (st != 200) {
                 sim_fail(s, path, &r);
                 hdc_resp_free(&r);
@@ -276,6 +314,14 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
             hdc_resp r;
             long st = sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
             free(buf);
+            if (st == 410) {
+                s->dropped++;
+                hdc_resp_free(&r);
+                l->done = 1;
+                free(g);
+                free(sum);
+                return 1;
+            }
             if (st != 200) {
                 sim_fail(s, path, &r);
                 hdc_resp_free(&r);
@@ -514,7 +560,25 @@ static inline int sim_drive(sim_t *s, double max_seconds) {
             else s->leases[j++] = s->leases[i];
         }
         s->nleases = j;
-        if (!progress) hdc_sleep(0.01);
+        if (!progress) {
+            if (hdc_now() - s->last_hb > 0.3) {
+                /* Blocked at the barrier (or waiting for slots): heartbeat. */
+                s->last_hb = hdc_now();
+                for (int i = 0; i < s->nleases; i++) {
+                    hdc_resp r;
+                    snprintf(path, sizeof path, "/v1/leases/%s/heartbeat", s->leases[i]->id);
+                    long st = sim_post_json(s, path, "{}", &r);
+                    if (st == 410) {
+                        s->dropped++;
+                        s->leases[i]->done = 1;
+                    } else if (st != 200) {
+                        sim_fail(s, path, &r);
+                    }
+                    hdc_resp_free(&r);
+                }
+            }
+            hdc_sleep(0.01);
+        }
     }
     return -2;
 }

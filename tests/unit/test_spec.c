@@ -58,6 +58,7 @@ static const char *spec_diff(const run_spec *a, const run_spec *b) {
     if (!same_d(a->method.neumann_lr, b->method.neumann_lr)) return "method.neumann_lr";
     if (!same_d(a->clip_norm, b->clip_norm)) return "clip_norm";
     if (a->skip_nonfinite != b->skip_nonfinite) return "skip_nonfinite";
+    if (!same_d(a->guard_loss, b->guard_loss)) return "guard_loss";
     if (!same_d(a->blowup_loss, b->blowup_loss)) return "blowup_loss";
     if (a->episodes != b->episodes) return "episodes";
     if (a->meta_batch != b->meta_batch) return "meta_batch";
