@@ -128,3 +128,18 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# --- hdserver: schema migrations embedded into the server library ---------
+SCHEMA_SQL := $(sort $(wildcard schema/[0-9]*.sql))
+$(BUILD)/gen/schema_sql.c: $(SCHEMA_SQL) schema/embed.sh
+	@mkdir -p $(dir $@)
+	sh schema/embed.sh $@ $(SCHEMA_SQL)
+$(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.c server/migrations.h
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+$(LIBSERVER): $(BUILD)/gen/schema_sql.o
+
+# Server ingest benchmark (tests/bench/bench_ingest.c): prints figures.
+.PHONY: bench-ingest
+bench-ingest: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_ingest $(BUILD)/hdserver
+	@BUILD=$(BUILD) $(BUILD)/bench/bench_ingest

@@ -5,24 +5,37 @@
 -- the server before the first table exists) because large BLOB rows cost
 -- CPU per page.
 
--- One row per run: the immutable spec and token, plus the hot state that the
--- committer rewrites once per group commit (engine state as JSON, lam, Adam
--- moments, phi).
+-- One row per run: the immutable spec and token. The hot state lives in
+-- three tables of its own so that updating one (the engine state on every
+-- commit, lam and the Adam moments on snapshots, phi once per episode) never
+-- rewrites the large BLOBs of the others.
 CREATE TABLE runs (
     id           INTEGER PRIMARY KEY,
     created_at   REAL    NOT NULL,             -- unix seconds
     spec         TEXT    NOT NULL,             -- canonical spec JSON
     worker_token TEXT    NOT NULL,             -- 64 hex chars
     n_lam        INTEGER NOT NULL,
-    n_w          INTEGER NOT NULL,
-    state        TEXT    NOT NULL,             -- engine snapshot (JSON)
-    lam          BLOB,                         -- n_lam float64
-    opt_m        BLOB,                         -- Adam first moment (NULL for SGD)
-    opt_v        BLOB,                         -- Adam second moment
-    phi          BLOB,                         -- n_w float64
-    updated_at   REAL
+    n_w          INTEGER NOT NULL
+);
+CREATE TABLE run_state (
+    run        INTEGER PRIMARY KEY,            -- runs.id
+    state      TEXT    NOT NULL,               -- engine snapshot (JSON)
+    updated_at REAL    NOT NULL
+);
+CREATE TABLE run_lam (
+    run   INTEGER PRIMARY KEY,
+    lam   BLOB NOT NULL,                       -- n_lam float64
+    opt_m BLOB,                                -- Adam first moment (NULL for SGD)
+    opt_v BLOB                                 -- Adam second moment
+);
+CREATE TABLE run_phi (
+    run INTEGER PRIMARY KEY,
+    phi BLOB NOT NULL                          -- n_w float64
 );
 
+-- Posts: the open step of a sync run (kept until all B slots are in), and
+-- the log of an async run's posts since its lam was last stored (replayed on
+-- restart; version = lam version the post produced).
 -- Every lam version of the current episode of a sync run (and the last one
 -- of the previous episode), so that a worker taking over a slot can replay.
 CREATE TABLE lam_hist (
@@ -32,7 +45,6 @@ CREATE TABLE lam_hist (
 );
 CREATE UNIQUE INDEX lam_hist_key ON lam_hist (run, version);
 
--- Posts of the open step of a sync run, kept until all B slots are in.
 CREATE TABLE posts (
     run        INTEGER NOT NULL,
     episode    INTEGER NOT NULL,

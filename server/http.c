@@ -42,6 +42,8 @@ struct http_req {
     int replied;          /* 1 once a response is queued */
     int status;           /* status of the queued response */
     double t0;            /* monotonic start */
+    int started;          /* 1 after the first access-handler call */
+    int bad_path;         /* 1: the raw path holds an encoded NUL or '/' */
     void *route_data;     /* routes' slot */
 };
 
@@ -190,28 +192,42 @@ void http_reply_error(http_req_t *r, const hd_err *e) { http_reply_error_status(
 
 /* ---- MHD callbacks -------------------------------------------------------- */
 
+/* Called by MHD with the raw (still percent-encoded) URI before anything
+ * else: the request context starts here, so that the raw path can be
+ * checked for encodings that the unescaped path hides (%00, %2f). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+    http_server_t *s = cls;
+    http_req_t *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->srv = s;
+    r->conn = conn;
+    r->t0 = srvutil_mono();
+    for (const char *p = uri; *p && *p != '?'; p++) {
+        if (p[0] == '%' && p[1] && p[2]) {
+            if ((p[1] == '0' && p[2] == '0') || (p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) ||
+                (p[1] == '5' && (p[2] == 'c' || p[2] == 'C')))
+                r->bad_path = 1;
+        }
+    }
+    return r;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls) {
     http_server_t *s = cls;
     http_req_t *r = *con_cls;
     (void)version;
-    if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
-        r->srv = s;
-        r->conn = conn;
-        r->t0 = srvutil_mono();
+    if (!r) r = *con_cls = on_uri(s, url, conn);
+    if (!r) return MHD_NO;
+    if (!r->started) {
+        r->started = 1;
         snprintf(r->method, sizeof r->method, "%s", method);
         size_t ul = strnlen(url, HTTP_MAX_URL + 1);
         r->path = malloc(ul + 1);
-        if (!r->path) {
-            free(r);
-            return MHD_NO;
-        }
+        if (!r->path) return MHD_NO;
         memcpy(r->path, url, ul);
         r->path[ul] = 0;
-        *con_cls = r;
         if (ul > HTTP_MAX_URL) {
             r->too_big = 2; /* answered 414 on the next call */
             return MHD_YES;
@@ -260,6 +276,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (r->replied) return MHD_YES;
+    if (r->bad_path) {
+        hd_err e;
+        hd_err_clear(&e);
+        hd_err_set(&e, HD_EINVAL, "encoded NUL, '/' or '\\' in the request path");
+        http_reply_error(r, &e);
+        return MHD_YES;
+    }
     if (r->too_big) {
         hd_err e;
         hd_err_clear(&e);
@@ -373,12 +396,13 @@ hd_rc http_start(const server_config *cfg, const http_routes *routes, void *ctx,
     }
     struct MHD_OptionItem ops[12];
     int n = 0;
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sa};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, s};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->conn_limit, NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->max_wait + 120), NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, 64 * 1024, NULL};
-    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL};
     if (cfg->threads > 0)
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)cfg->threads, NULL};
     if (s->tls_cert) {

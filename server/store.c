@@ -20,6 +20,7 @@ enum {
     S_RUN_INSERT,
     S_RUN_HOT,
     S_RUN_HOT_PHI,
+    S_RUN_STATE,
     S_LAM_PUT,
     S_LAM_PRUNE,
     S_POST_PUT,
@@ -32,15 +33,16 @@ enum {
     S_METRICS_PUT,
     S_WORKER_PUT,
     S_LEASE_PUT,
+    S_POSTS_PRUNE,
     S_COUNT
 };
 
 static const char *const stmt_sql[S_COUNT] = {
-    [S_RUN_INSERT] = "INSERT INTO runs (id, created_at, spec, worker_token, n_lam, n_w, state) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')",
-    [S_RUN_HOT] = "UPDATE runs SET state = ?2, lam = ?3, opt_m = ?4, opt_v = ?5, updated_at = ?6 "
-                  "WHERE id = ?1",
-    [S_RUN_HOT_PHI] = "UPDATE runs SET phi = ?2 WHERE id = ?1",
+    [S_RUN_INSERT] = "INSERT INTO runs (id, created_at, spec, worker_token, n_lam, n_w) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_RUN_HOT] = "INSERT OR REPLACE INTO run_lam (run, lam, opt_m, opt_v) VALUES (?1, ?3, ?4, ?5)",
+    [S_RUN_HOT_PHI] = "INSERT OR REPLACE INTO run_phi (run, phi) VALUES (?1, ?2)",
+    [S_RUN_STATE] = "INSERT OR REPLACE INTO run_state (run, state, updated_at) VALUES (?1, ?2, ?3)",
     [S_LAM_PUT] = "INSERT OR REPLACE INTO lam_hist (run, version, lam) VALUES (?1, ?2, ?3)",
     [S_LAM_PRUNE] = "DELETE FROM lam_hist WHERE run = ?1 AND version < ?2",
     [S_POST_PUT] = "INSERT OR REPLACE INTO posts (run, episode, t, first_slot, k, version, lease, data) "
@@ -56,14 +58,16 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_METRICS_PUT] = "INSERT OR REPLACE INTO metrics (run, episode, row) VALUES (?1, ?2, ?3)",
     [S_WORKER_PUT] = "INSERT OR REPLACE INTO workers (run, worker_id, row) VALUES (?1, ?2, ?3)",
     [S_LEASE_PUT] = "INSERT OR REPLACE INTO leases (run, lease_id, row) VALUES (?1, ?2, ?3)",
+    [S_POSTS_PRUNE] = "DELETE FROM posts WHERE run = ?1 AND version <= ?2",
 };
 
 static const char *const load_sql[] = {
-    [STORE_T_RUNS] = "SELECT id, n_lam, n_w, created_at, spec, worker_token, state, lam, opt_m, "
-                     "opt_v, phi FROM runs ORDER BY id",
+    [STORE_T_RUNS] = "SELECT r.id, r.n_lam, r.n_w, r.created_at, r.spec, r.worker_token, s.state, "
+                     "l.lam, l.opt_m, l.opt_v, p.phi FROM runs r LEFT JOIN run_state s ON s.run = r.id "
+                     "LEFT JOIN run_lam l ON l.run = r.id LEFT JOIN run_phi p ON p.run = r.id ORDER BY r.id",
     [STORE_T_LAM_HIST] = "SELECT version, lam FROM lam_hist WHERE run = ?1 ORDER BY version",
     [STORE_T_POSTS] = "SELECT episode, t, first_slot, k, version, lease, data FROM posts "
-                      "WHERE run = ?1 ORDER BY episode, t, first_slot",
+                      "WHERE run = ?1 ORDER BY version, episode, t, first_slot",
     [STORE_T_FINALS] = "SELECT episode, slot, w FROM finals WHERE run = ?1 ORDER BY episode, slot",
     [STORE_T_IDEM] = "SELECT episode, kind, key, status, lease, body FROM idem WHERE run = ?1 "
                      "ORDER BY rowid",
@@ -74,7 +78,8 @@ static const char *const load_sql[] = {
 };
 
 struct store {
-    sqlite3 *db;              /* the one connection */
+    sqlite3 *db;              /* the writer connection */
+    sqlite3 *ckpt;            /* a second connection for WAL checkpoints */
     sqlite3_stmt *st[S_COUNT]; /* prepared write statements */
     int schema_version;       /* highest applied migration */
     atomic_int ready;         /* 1 once migrations are applied */
@@ -94,6 +99,7 @@ void store_op_free(store_op *op) {
     free(op->text);
     free(op->data);
     free(op->data2);
+    free(op->raw);
     free(op);
 }
 
@@ -193,10 +199,16 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
     if ((rc = exec_sql(st, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                        "synchronous", err)) != HD_OK)
         goto fail;
-    /* 16 MiB of 64 KiB pages: the WAL is checkpointed before it grows large. */
-    if ((rc = exec_sql(st, "PRAGMA wal_autocheckpoint=256", "wal_autocheckpoint", err)) != HD_OK)
+    /* The committer never checkpoints (a checkpoint with its fsync would
+     * stall every waiting request): store_checkpoint does, on its own
+     * connection, from another thread. 4096 pages (256 MiB) is only a
+     * safety net if nobody calls it. */
+    if ((rc = exec_sql(st, "PRAGMA wal_autocheckpoint=4096", "wal_autocheckpoint", err)) != HD_OK)
         goto fail;
     if ((rc = exec_sql(st, "PRAGMA cache_size=-65536", "cache_size", err)) != HD_OK) goto fail;
+    /* Debian builds SQLite with SECURE_DELETE: freed pages (every pruned
+     * post) would be overwritten with zeros, doubling the writes. */
+    if ((rc = exec_sql(st, "PRAGMA secure_delete=OFF", "secure_delete", err)) != HD_OK) goto fail;
     if ((rc = apply_migrations(st, err)) != HD_OK) goto fail;
     for (int i = 0; i < S_COUNT; i++) {
         if (sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->st[i],
@@ -205,6 +217,12 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
             goto fail;
         }
     }
+    if (sqlite3_open_v2(path, &st->ckpt, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        rc = hd_err_set(err, HD_EDB, "open %s (checkpointer): %s", path, sqlite3_errmsg(st->ckpt));
+        goto fail;
+    }
+    sqlite3_busy_timeout(st->ckpt, 100);
+    sqlite3_exec(st->ckpt, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     atomic_store(&st->ready, 1);
     *out = st;
     return HD_OK;
@@ -213,8 +231,15 @@ fail:
     return rc;
 }
 
+void store_checkpoint(store_t *st) {
+    if (!st || !st->ckpt) return;
+    int log = 0, done = 0;
+    sqlite3_wal_checkpoint_v2(st->ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+}
+
 void store_close(store_t *st) {
     if (!st) return;
+    if (st->ckpt) sqlite3_close(st->ckpt);
     for (int i = 0; i < S_COUNT; i++) sqlite3_finalize(st->st[i]);
     if (st->db) {
         sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
@@ -276,8 +301,14 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         sqlite3_bind_int64(s, 1, op->run);
         for (int k = 0; k < 5; k++) sqlite3_bind_int64(s, 2 + k, op->i[k]);
         bind_text(s, 7, op->key);
-        bind_vec(s, 8, op->data, op->n);
+        if (op->raw) sqlite3_bind_blob64(s, 8, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
+        else bind_vec(s, 8, op->data, op->n);
         return run_stmt(st, s, "insert post", err);
+    case STORE_OP_POSTS_PRUNE:
+        s = st->st[S_POSTS_PRUNE];
+        sqlite3_bind_int64(s, 1, op->run);
+        sqlite3_bind_int64(s, 2, op->i[0]);
+        return run_stmt(st, s, "prune posts", err);
     case STORE_OP_POSTS_DELETE:
         s = st->st[S_POSTS_DEL];
         sqlite3_bind_int64(s, 1, op->run);
@@ -342,19 +373,26 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
 }
 
 static hd_rc write_hot(store_t *st, const store_hot *h, hd_err *err) {
-    sqlite3_stmt *s = st->st[S_RUN_HOT];
+    sqlite3_stmt *s = st->st[S_RUN_STATE];
     sqlite3_bind_int64(s, 1, h->run);
     bind_text(s, 2, h->state_json);
-    bind_vec(s, 3, h->lam, h->n_lam);
-    bind_vec(s, 4, h->opt_m, h->n_lam);
-    bind_vec(s, 5, h->opt_v, h->n_lam);
-    sqlite3_bind_double(s, 6, now_unix());
-    hd_rc rc = run_stmt(st, s, "update run", err);
-    if (rc != HD_OK || !h->phi) return rc;
-    s = st->st[S_RUN_HOT_PHI];
-    sqlite3_bind_int64(s, 1, h->run);
-    bind_vec(s, 2, h->phi, h->n_w);
-    return run_stmt(st, s, "update phi", err);
+    sqlite3_bind_double(s, 3, now_unix());
+    hd_rc rc = run_stmt(st, s, "update run state", err);
+    if (rc == HD_OK && h->lam) {
+        s = st->st[S_RUN_HOT];
+        sqlite3_bind_int64(s, 1, h->run);
+        bind_vec(s, 3, h->lam, h->n_lam);
+        bind_vec(s, 4, h->opt_m, h->n_lam);
+        bind_vec(s, 5, h->opt_v, h->n_lam);
+        rc = run_stmt(st, s, "update run lam", err);
+    }
+    if (rc == HD_OK && h->phi) {
+        s = st->st[S_RUN_HOT_PHI];
+        sqlite3_bind_int64(s, 1, h->run);
+        bind_vec(s, 2, h->phi, h->n_w);
+        rc = run_stmt(st, s, "update run phi", err);
+    }
+    return rc;
 }
 
 hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots, size_t n_hots,

@@ -40,7 +40,8 @@ typedef enum {
     STORE_OP_SAMPLES_PUT,    /* i[0]=episode i[1]=slot data=x data2=y */
     STORE_OP_METRICS_PUT,    /* i[0]=episode text=row JSON */
     STORE_OP_WORKER_PUT,     /* key=worker_id text=row JSON */
-    STORE_OP_LEASE_PUT       /* key=lease_id text=row JSON */
+    STORE_OP_LEASE_PUT,      /* key=lease_id text=row JSON */
+    STORE_OP_POSTS_PRUNE     /* async: delete posts with version <= i[0] (lam stored up to there) */
 } store_op_kind;
 
 /* One write. All pointers are owned by the op (freed by store_op_free). */
@@ -55,6 +56,8 @@ typedef struct store_op {
     double *data;          /* owned tensor or NULL */
     size_t n;              /* elements in data */
     double *data2;         /* owned second tensor or NULL */
+    uint8_t *raw;          /* owned raw bytes stored instead of data (POST_PUT), or NULL */
+    size_t raw_len;
     size_t n2;             /* elements in data2 */
     void *cookie;          /* caller's (committer's) field; the store ignores it */
 } store_op;
@@ -63,7 +66,8 @@ typedef struct store_op {
 typedef struct {
     int64_t run;
     char *state_json;     /* owned engine snapshot */
-    double *lam;          /* owned n_lam doubles */
+    double *lam;          /* owned n_lam doubles, or NULL when lam and the optimiser state are
+                             unchanged (only state_json is written) */
     size_t n_lam;
     double *opt_m, *opt_v; /* owned n_lam doubles each, or NULL (SGD) */
     double *phi;          /* owned n_w doubles, or NULL when phi is unchanged */
@@ -83,6 +87,10 @@ void store_hot_clear(store_hot *h);
  * applied, each in its own transaction. Returns HD_OK, HD_EDB or HD_ENOMEM;
  * *out is owned (store_close). */
 hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err);
+/* Checkpoint the WAL (PASSIVE: never blocks the committer) on a second
+ * connection of its own. Safe to call from one other thread while the
+ * committer writes; no-op when the WAL is small. */
+void store_checkpoint(store_t *st);
 /* Close; NULL allowed. Checkpoints the WAL. */
 void store_close(store_t *st);
 /* 1 when the database is open and all migrations are applied. Thread-safe. */
@@ -101,7 +109,8 @@ typedef enum {
     STORE_T_RUNS = 0, /* i: id n_lam n_w; d: created_at; t1 spec t2 token t3 state;
                          b1 lam b2 opt_m b3 opt_v b4 phi */
     STORE_T_LAM_HIST, /* i: version; b1 lam */
-    STORE_T_POSTS,    /* i: episode t first_slot k version; t1 lease; b1 data */
+    STORE_T_POSTS,    /* i: episode t first_slot k version; t1 lease; b1 data (float64, or
+                         float32 when written from raw f4 bytes); ordered by version */
     STORE_T_FINALS,   /* i: episode slot; b1 w */
     STORE_T_IDEM,     /* i: episode kind key status; t1 lease t2 body */
     STORE_T_SAMPLES,  /* i: episode slot; b1 x b2 y */

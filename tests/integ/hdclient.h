@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -276,6 +279,56 @@ static inline void hdc_json_str(const char *json, const char *key, char *out, si
         i++;
     }
     out[i] = 0;
+}
+
+/* Send raw bytes on a new connection to 127.0.0.1:port (then, if body2 is
+ * not NULL, send body2 in pieces while the server accepts them) and read
+ * the answer into out (NUL-terminated). Returns the HTTP status or 0. */
+static inline int hdc_raw(unsigned port, const char *req, size_t len, const char *body2, size_t len2,
+                          char *out, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return 0;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    for (off = 0; body2 && off < len2;) {
+        ssize_t w = send(fd, body2 + off, len2 - off > 65536 ? 65536 : len2 - off, MSG_NOSIGNAL);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    size_t got = 0;
+    while (got + 1 < cap) {
+        ssize_t n = recv(fd, out + got, cap - 1 - got, 0);
+        if (n <= 0) break;
+        got += (size_t)n;
+        out[got] = 0;
+        char *hdr_end = strstr(out, "\r\n\r\n");
+        if (hdr_end) {
+            const char *cl = strstr(out, "Content-Length: ");
+            if (!cl) cl = strstr(out, "content-length: ");
+            if (cl && got >= (size_t)(hdr_end + 4 - out) + (size_t)strtoul(cl + 16, NULL, 10)) break;
+        }
+    }
+    out[got] = 0;
+    close(fd);
+    int st = 0;
+    if (sscanf(out, "HTTP/1.%*d %d", &st) != 1) st = 0;
+    return st;
 }
 
 #endif
