@@ -62,10 +62,24 @@ typedef struct {
     long phi_version;
     double *g, *gsum;
     double *sx, *sy;          /* estimation samples of one slot */
-    /* current lease */
+    /* current lease (estimate and eval jobs, and the first lease of a train group) */
     char lease[128];
     double lease_seconds;
     double last_hb;
+    /* a sync train group: the leases of one episode run in lockstep */
+    struct glease {
+        char id[128];          /* lease id, "" once completed or lost */
+        int slots[MAX_SLOTS];  /* task slots */
+        int K;                 /* number of slots */
+        int first;             /* index of its first slot in eps[] */
+        int resume;            /* steps already posted by an earlier lease */
+        double last_hb;        /* last heartbeat (or accepted post) */
+        double loss[MAX_SLOTS], gnorm[MAX_SLOTS];
+        int nposted[MAX_SLOTS];
+        int skipped;           /* steps skipped by the guard */
+    } group[MAX_SLOTS];
+    int ngroup;                /* leases in the group */
+    int gslots;                /* slots in the group (eps[0 .. gslots-1]) */
     /* progress */
     long posts;
     double t_start;
@@ -161,6 +175,24 @@ static void free_model(daemon_t *d) {
     d->have_spec = 0;
 }
 
+/* Episodes and tasks for slots [0, n) of the run's spec. Returns 0 or -1. */
+static int ensure_eps(daemon_t *d, int n) {
+    const run_spec *sp = &d->spec;
+    hd_err err = {0};
+    for (int i = 0; i < n && i < MAX_SLOTS; i++) {
+        if (d->eps[i]) continue;
+        if (episode_new(d->m, &d->spec.inner, &d->spec.method, sp->steps, sp->task.shots,
+                        sp->task.queries, &d->eps[i], &err) != HD_OK ||
+            task_alloc(&d->tasks[i], sp->task.shots, sp->task.queries, sp->task.in_dim,
+                       sp->task.out_dim, &err) != HD_OK) {
+            HD_LOG_ERROR("episode error=\"%s\"", err.msg);
+            return -1;
+        }
+        episode_set_guard(d->eps[i], sp->skip_nonfinite, sp->guard_loss);
+    }
+    return n <= MAX_SLOTS ? 0 : -1;
+}
+
 /* GET /v1/runs/{id}: returns 0 and loads the spec, or the HTTP status. */
 static long load_run(daemon_t *d, long run) {
     char path[128];
@@ -200,17 +232,7 @@ static long load_run(daemon_t *d, long run) {
     d->sx = calloc((size_t)sp->steps, sizeof(double));
     d->sy = calloc((size_t)sp->steps, sizeof(double));
     if (!d->lam || !d->g || !d->gsum || !d->phi || !d->sx || !d->sy) return -1;
-    int K = d->cfg->slots;
-    for (int i = 0; i < K; i++) {
-        if (episode_new(d->m, &d->spec.inner, &d->spec.method, sp->steps, sp->task.shots,
-                        sp->task.queries, &d->eps[i], &err) != HD_OK ||
-            task_alloc(&d->tasks[i], sp->task.shots, sp->task.queries, sp->task.in_dim,
-                       sp->task.out_dim, &err) != HD_OK) {
-            HD_LOG_ERROR("episode error=\"%s\"", err.msg);
-            return -1;
-        }
-        episode_set_guard(d->eps[i], sp->skip_nonfinite, sp->guard_loss);
-    }
+    if (ensure_eps(d, 1) != 0) return -1;
     d->lam_version = d->phi_version = -1;
     d->have_spec = 1;
     d->run = run;
@@ -220,22 +242,42 @@ static long load_run(daemon_t *d, long run) {
 /* Fetch a tensor resource ("hyper" or "init") of exactly version `want`
  * (want < 0: the newest, conditional on what we hold). Long-polls while the
  * version does not exist yet, heartbeating between polls. */
+static void heartbeat_group(daemon_t *d);
+
+static job_rc fetch_tensor_once(daemon_t *d, const char *what, long want, double *dst, size_t n,
+                                long *have, int wait_s, int *not_yet);
+
+/* Fetch until the version is there. */
 static job_rc fetch_tensor(daemon_t *d, const char *what, long want, double *dst, size_t n,
                            long *have) {
-    char path[256];
     for (;;) {
-        if (stop_flag && want >= 0 && !d->lease[0]) return JOB_STOPPED;
+        int not_yet = 0;
+        job_rc rc = fetch_tensor_once(d, what, want, dst, n, have, d->cfg->poll_wait, &not_yet);
+        if (rc != JOB_OK || !not_yet) return rc;
+        heartbeat(d, 0);
+        heartbeat_group(d);
+        if (stop_flag) return JOB_STOPPED;
+    }
+}
+
+/* One long poll: JOB_OK with *not_yet set when the version does not exist
+ * yet (the caller may do something else and poll again). */
+static job_rc fetch_tensor_once(daemon_t *d, const char *what, long want, double *dst, size_t n,
+                                long *have, int wait_s, int *not_yet) {
+    char path[256];
+    *not_yet = 0;
+    for (;;) {
         if (want >= 0 && *have == want) return JOB_OK;
         if (want >= 0)
             snprintf(path, sizeof path, "/v1/runs/%ld/%s?version=%ld&wait=%d", d->run, what, want,
-                     d->cfg->poll_wait);
+                     wait_s);
         else
             snprintf(path, sizeof path, "/v1/runs/%ld/%s", d->run, what);
         char inm[32];
         snprintf(inm, sizeof inm, "%ld", *have);
         client_resp r;
         long st = req(d, "GET", path, NULL, NULL, 0, *have >= 0 && want < 0 ? inm : NULL,
-                      d->cfg->poll_wait + 30.0, &r);
+                      wait_s + 30.0, &r);
         if (st == 304 && want < 0) return JOB_OK;
         if (st == 200) {
             hd_err err = {0};
@@ -256,14 +298,18 @@ static job_rc fetch_tensor(daemon_t *d, const char *what, long want, double *dst
             continue;
         }
         if (st == 0) return JOB_FATAL;
+        if (st == 404 && want >= 0 && strstr(client_error_text(&r), "not reached")) {
+            *not_yet = 1;
+            return JOB_OK;
+        }
         if (st == 410 || st == 404 || st == 401 || st == 403) {
             HD_LOG_WARN("tensor unavailable what=%s version=%ld status=%ld error=%s", what, want,
                         st, client_error_text(&r));
             return JOB_LOST;
         }
-        /* 204/304/408: not there yet; keep the lease alive and poll again. */
-        heartbeat(d, 0);
-        if (stop_flag) return JOB_STOPPED;
+        /* 204/304/408: not there yet. */
+        *not_yet = 1;
+        return JOB_OK;
     }
 }
 
@@ -314,84 +360,249 @@ static job_rc complete(daemon_t *d, cJSON *metrics) {
 
 /* ---- jobs ---- */
 
-static job_rc job_train(daemon_t *d, const cJSON *job, const int *slots, int K) {
+/* Release every live lease of the group (on SIGTERM). */
+static void release_group(daemon_t *d) {
+    char save[128];
+    memcpy(save, d->lease, sizeof save);
+    for (int g = 0; g < d->ngroup; g++) {
+        if (!d->group[g].id[0]) continue;
+        memcpy(d->lease, d->group[g].id, sizeof d->lease);
+        release_lease(d);
+        d->group[g].id[0] = 0;
+    }
+    memcpy(d->lease, save, sizeof save);
+    d->ngroup = d->gslots = 0;
+}
+
+static void heartbeat_group(daemon_t *d) {
+    double now = now_s();
+    for (int g = 0; g < d->ngroup; g++) {
+        struct glease *L = &d->group[g];
+        if (!L->id[0] || now - L->last_hb < d->lease_seconds / 3.0) continue;
+        char path[256];
+        snprintf(path, sizeof path, "/v1/leases/%s/heartbeat", L->id);
+        client_resp r;
+        long st = req(d, "POST", path, "application/json", "{}", 2, NULL, 15.0, &r);
+        if (st == 200) L->last_hb = now;
+        else if (st == 404 || st == 410) {
+            HD_LOG_WARN("lease lost lease=%s during=heartbeat status=%ld", L->id, st);
+            L->id[0] = 0;
+        }
+    }
+}
+
+/* Step every slot of one group lease at step t and post the sum. */
+static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, long used) {
+    const run_spec *sp = &d->spec;
+    int T = sp->steps, replay = t <= L->resume;
+    for (int i = 0; i < L->K; i++) {
+        episode_info info;
+        episode_step(d->eps[L->first + i], d->lam, theta, replay, d->g, &info);
+        if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) L->skipped++;
+        if (info.posted) {
+            if (i == 0) vec_copy(d->nl, d->gsum, d->g);
+            else vec_axpy(d->nl, d->gsum, 1.0, d->g);
+            L->gnorm[i] += info.grad_norm;
+            L->nposted[i]++;
+        }
+        if (t == T && !replay) {
+            L->loss[i] = info.val_loss;
+            d->last_val = info.val_loss;
+        }
+    }
+    if (!method_posts_at(&sp->method, t, T) || replay) return JOB_OK;
+    if (!vec_all_finite(d->nl, d->gsum)) {
+        HD_LOG_ERROR("non-finite hypergradient run=%ld step=%d lease=%s: releasing (robust.skip_nonfinite "
+                     "posts zeros instead)", d->run, t, L->id);
+        return JOB_LOST;
+    }
+    char path[256];
+    snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%ld", L->id, t, L->K, used);
+    uint8_t *buf = NULL;
+    size_t len = 0, shape[1] = {d->nl};
+    hd_err err = {0};
+    if (npy_encode(sp->wire_f32 ? NPY_F32 : NPY_F64, 1, shape, d->gsum, &buf, &len, &err) != HD_OK)
+        return JOB_FATAL;
+    client_resp r;
+    long st = req(d, "POST", path, "application/octet-stream", buf, len, NULL, 30.0, &r);
+    free(buf);
+    if (st >= 200 && st < 300) {
+        L->last_hb = now_s();
+        d->posts++;
+        return JOB_OK;
+    }
+    if (st == 0) return JOB_FATAL;
+    HD_LOG_WARN("lease lost lease=%s during=step %d status=%ld error=%s", L->id, t, st,
+                client_error_text(&r));
+    return JOB_LOST;
+}
+
+/* Add a train lease to the group: its slots start from phi and catch up to
+ * the group's completed steps `upto` (replaying what an earlier lease of the
+ * same slots already posted, computing and posting the rest with the lam
+ * versions of those steps). */
+static job_rc group_add(daemon_t *d, const cJSON *job, int upto, long v0, double theta) {
+    const run_spec *sp = &d->spec;
+    const cJSON *sl = cJSON_GetObjectItemCaseSensitive(job, "slots"), *it;
+    const char *id = jstr(job, "lease_id");
+    if (d->ngroup >= MAX_SLOTS || !id || strlen(id) >= sizeof d->group[0].id) return JOB_FATAL;
+    struct glease *L = &d->group[d->ngroup];
+    memset(L, 0, sizeof *L);
+    memcpy(L->id, id, strlen(id) + 1);
+    L->first = d->gslots;
+    L->resume = (int)jnum(job, "resume_step", 0);
+    L->last_hb = now_s();
+    cJSON_ArrayForEach(it, sl) {
+        if (!cJSON_IsNumber(it) || d->gslots + L->K >= MAX_SLOTS) return JOB_FATAL;
+        L->slots[L->K++] = it->valueint;
+    }
+    if (L->K < 1 || ensure_eps(d, d->gslots + L->K) != 0) return JOB_FATAL;
+    int m = (int)jnum(job, "episode", 0);
+    for (int i = 0; i < L->K; i++) {
+        int e = L->first + i;
+        task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)m, (uint64_t)L->slots[i],
+                  &d->tasks[e]);
+        episode_begin(d->eps[e], d->phi, d->tasks[e].xs, d->tasks[e].ys, d->tasks[e].xq,
+                      d->tasks[e].yq);
+    }
+    d->ngroup++;
+    d->gslots += L->K;
+    HD_LOG_INFO("lease joined run=%ld lease=%s episode=%d slots=%d resume_step=%d catch_up=%d",
+                d->run, L->id, m, L->K, L->resume, upto);
+    int before = 0;
+    for (int t = 1; t <= upto; t++) {
+        job_rc rc = fetch_tensor(d, "hyper", v0 + before, d->lam, d->nl, &d->lam_version);
+        if (rc != JOB_OK) return rc;
+        if ((rc = group_step(d, L, t, theta, d->lam_version)) != JOB_OK) return rc;
+        before += method_posts_at(&sp->method, t, sp->steps);
+    }
+    return JOB_OK;
+}
+
+/* While the group waits at the sync barrier, take more slots of the episode:
+ * slots nobody holds would otherwise keep the barrier closed for ever. */
+static job_rc group_extend(daemon_t *d, int m, int upto, long v0, double theta, int *added) {
+    *added = 0;
+    if (d->gslots >= MAX_SLOTS || stop_flag) return JOB_OK;
+    char path[128];
+    snprintf(path, sizeof path, "/v1/runs/%ld/lease", d->run);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "worker_id", d->worker_id);
+    int room = MAX_SLOTS - d->gslots;
+    cJSON_AddNumberToObject(o, "max_slots", d->cfg->slots < room ? d->cfg->slots : room);
+    client_resp r;
+    long st = post_json(d, path, o, &r);
+    cJSON_Delete(o);
+    if (st != 200) return st == 0 ? JOB_FATAL : JOB_OK;
+    cJSON *job = cJSON_ParseWithLength((const char *)r.body, r.len);
+    const char *kind = jstr(job, "kind"), *id = jstr(job, "lease_id");
+    job_rc rc = JOB_OK;
+    if (kind && strcmp(kind, "train") == 0 && (int)jnum(job, "episode", 0) == m) {
+        rc = group_add(d, job, upto, v0, theta);
+        *added = 1;
+    } else if (id && strlen(id) < sizeof d->lease) {
+        /* Not part of this episode (cannot happen in sync mode): hand it back. */
+        char save[128];
+        memcpy(save, d->lease, sizeof save);
+        memcpy(d->lease, id, strlen(id) + 1);
+        release_lease(d);
+        memcpy(d->lease, save, sizeof save);
+    }
+    cJSON_Delete(job);
+    return rc;
+}
+
+static job_rc job_train(daemon_t *d, const cJSON *job) {
     const run_spec *sp = &d->spec;
     int m = (int)jnum(job, "episode", 0), T = sp->steps;
     long v0 = (long)jnum(job, "lam_version", -1), pv = (long)jnum(job, "phi_version", -1);
     double theta = jnum(job, "theta", sp->method.theta_init);
-    int resume = (int)jnum(job, "resume_step", 0);
     int async = sp->mode == SPEC_MODE_ASYNC;
     job_rc rc = fetch_tensor(d, "init", pv, d->phi, d->nw, &d->phi_version);
     if (rc != JOB_OK) return rc;
-    for (int i = 0; i < K; i++) {
-        task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)m, (uint64_t)slots[i],
-                  &d->tasks[i]);
-        episode_begin(d->eps[i], d->phi, d->tasks[i].xs, d->tasks[i].ys, d->tasks[i].xq,
-                      d->tasks[i].yq);
-    }
-    double loss[MAX_SLOTS] = {0}, gnorm[MAX_SLOTS] = {0};
-    int nposted[MAX_SLOTS] = {0}, blow = 0, skipped = 0, before = 0;
+    d->ngroup = d->gslots = 0;
+    d->lease[0] = 0; /* the group owns the lease from here on */
+    if ((rc = group_add(d, job, 0, v0, theta)) != JOB_OK) return rc;
     d->episode = m;
+    int before = 0;
     for (int t = 1; t <= T; t++) {
-        int posts = method_posts_at(&sp->method, t, T);
-        int replay = t <= resume;
-        /* The lam of step t: sync V0 + posting steps before t; async newest
-         * (a replayed async step cannot be reproduced: use the newest too). */
-        long want = async ? -1 : v0 + before;
-        rc = fetch_tensor(d, "hyper", want, d->lam, d->nl, &d->lam_version);
+        /* The lam of step t: sync V0 + posting steps before t; async the newest. */
+        if (async) {
+            rc = fetch_tensor(d, "hyper", -1, d->lam, d->nl, &d->lam_version);
+        } else {
+            for (;;) {
+                int not_yet = 0, added = 0;
+                rc = fetch_tensor_once(d, "hyper", v0 + before, d->lam, d->nl, &d->lam_version,
+                                       1, &not_yet);
+                if (rc != JOB_OK || !not_yet) break;
+                heartbeat_group(d);
+                if (stop_flag) {
+                    rc = JOB_STOPPED;
+                    break;
+                }
+                if ((rc = group_extend(d, m, t - 1, v0, theta, &added)) != JOB_OK) break;
+            }
+        }
         if (rc != JOB_OK) return rc;
         long used = d->lam_version;
-        for (int i = 0; i < K; i++) {
-            episode_info info;
-            episode_step(d->eps[i], d->lam, theta, replay, d->g, &info);
-            if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) skipped++;
-            if (info.posted) {
-                if (i == 0) vec_copy(d->nl, d->gsum, d->g);
-                else vec_axpy(d->nl, d->gsum, 1.0, d->g);
-                gnorm[i] += info.grad_norm;
-                nposted[i]++;
+        int live = 0;
+        for (int g = 0; g < d->ngroup; g++) {
+            struct glease *L = &d->group[g];
+            if (!L->id[0]) continue;
+            job_rc r2 = group_step(d, L, t, theta, used);
+            if (r2 == JOB_FATAL) return r2;
+            if (r2 == JOB_LOST) {
+                char save[128];
+                memcpy(save, d->lease, sizeof save);
+                memcpy(d->lease, L->id, sizeof d->lease);
+                release_lease(d);
+                memcpy(d->lease, save, sizeof save);
+                L->id[0] = 0;
+                continue;
             }
-            if (t == T && !replay) {
-                loss[i] = info.val_loss;
-                if (!isfinite(loss[i]) || loss[i] > sp->blowup_loss) blow++;
-                d->last_val = loss[i];
-            }
+            live++;
         }
+        if (!live) return JOB_LOST;
+        before += method_posts_at(&sp->method, t, T);
         d->step = t;
-        if (posts) before++;
-        if (posts && !replay) {
-            if (!vec_all_finite(d->nl, d->gsum)) {
-                HD_LOG_ERROR("non-finite hypergradient run=%ld episode=%d step=%d: releasing",
-                             d->run, m, t);
-                return JOB_LOST;
-            }
-            char path[256];
-            snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%ld", d->lease,
-                     t, K, used);
-            rc = post_tensor(d, path, d->gsum, d->nl, "step");
-            if (rc != JOB_OK) return rc;
-            d->posts++;
-        }
         progress(d, 0);
-        heartbeat(d, 0);
+        heartbeat_group(d);
         if (stop_flag) return JOB_STOPPED;
     }
-    for (int i = 0; i < K; i++) {
-        char path[256];
-        snprintf(path, sizeof path, "/v1/leases/%s/final?slot=%d", d->lease, slots[i]);
-        rc = post_tensor(d, path, episode_w(d->eps[i]), d->nw, "final");
-        if (rc != JOB_OK) return rc;
+    for (int g = 0; g < d->ngroup; g++) {
+        struct glease *L = &d->group[g];
+        if (!L->id[0]) continue;
+        memcpy(d->lease, L->id, sizeof d->lease);
+        for (int i = 0; i < L->K && rc == JOB_OK; i++) {
+            char path[256];
+            snprintf(path, sizeof path, "/v1/leases/%s/final?slot=%d", L->id, L->slots[i]);
+            rc = post_tensor(d, path, episode_w(d->eps[L->first + i]), d->nw, "final");
+        }
+        if (rc != JOB_OK) {
+            if (rc == JOB_FATAL) return rc;
+            rc = JOB_OK;
+            continue;
+        }
+        cJSON *met = cJSON_CreateObject();
+        cJSON *tl = cJSON_AddArrayToObject(met, "train_loss");
+        cJSON *hn = cJSON_AddArrayToObject(met, "hypergrad_norm");
+        int blow = 0;
+        for (int i = 0; i < L->K; i++) {
+            double l = L->loss[i];
+            if (!isfinite(l) || l > sp->blowup_loss) blow++;
+            cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(l) ? l : 1e300));
+            cJSON_AddItemToArray(hn, cJSON_CreateNumber(L->nposted[i] ? L->gnorm[i] / L->nposted[i] : 0.0));
+        }
+        cJSON_AddNumberToObject(met, "blowups", blow);
+        cJSON_AddNumberToObject(met, "skipped_steps", L->skipped);
+        rc = complete(d, met);
+        if (rc == JOB_FATAL) return rc;
+        L->id[0] = 0;
+        rc = JOB_OK;
     }
-    cJSON *met = cJSON_CreateObject();
-    cJSON *tl = cJSON_AddArrayToObject(met, "train_loss");
-    cJSON *hn = cJSON_AddArrayToObject(met, "hypergrad_norm");
-    for (int i = 0; i < K; i++) {
-        cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(loss[i]) ? loss[i] : 1e300));
-        cJSON_AddItemToArray(hn, cJSON_CreateNumber(nposted[i] ? gnorm[i] / nposted[i] : 0.0));
-    }
-    cJSON_AddNumberToObject(met, "blowups", blow);
-    cJSON_AddNumberToObject(met, "skipped_steps", skipped);
-    return complete(d, met);
+    d->ngroup = d->gslots = 0;
+    d->lease[0] = 0;
+    return JOB_OK;
 }
 
 static job_rc job_estimate(daemon_t *d, const cJSON *job, const int *slots, int K) {
@@ -555,7 +766,7 @@ static int work_run(daemon_t *d) {
                     d->run, d->lease, kind, (int)jnum(job, "episode", 0), K,
                     (int)jnum(job, "resume_step", 0));
         job_rc rc;
-        if (strcmp(kind, "train") == 0) rc = job_train(d, job, slots, K);
+        if (strcmp(kind, "train") == 0) rc = job_train(d, job);
         else if (strcmp(kind, "estimate") == 0) rc = job_estimate(d, job, slots, K);
         else if (strcmp(kind, "eval") == 0) rc = job_eval(d, job);
         else {
@@ -563,15 +774,20 @@ static int work_run(daemon_t *d) {
             rc = JOB_LOST;
         }
         cJSON_Delete(job);
-        if (rc == JOB_STOPPED || (stop_flag && d->lease[0])) {
+        if (rc == JOB_STOPPED || stop_flag) {
+            release_group(d);
             release_lease(d);
             return 3;
         }
         if (rc == JOB_FATAL) {
+            release_group(d);
             release_lease(d);
             return 1;
         }
-        if (rc == JOB_LOST && d->lease[0]) release_lease(d);
+        if (rc == JOB_LOST) {
+            release_group(d);
+            if (d->lease[0]) release_lease(d);
+        }
         d->lease[0] = 0;
     }
 }
