@@ -467,8 +467,13 @@ static job_rc group_add(daemon_t *d, const cJSON *job, int upto, long v0, double
     }
     d->ngroup++;
     d->gslots += L->K;
-    HD_LOG_INFO("lease joined run=%ld lease=%s episode=%d slots=%d resume_step=%d catch_up=%d",
-                d->run, L->id, m, L->K, L->resume, upto);
+    char list[256];
+    size_t off = 0;
+    for (int i = 0; i < L->K && off + 12 < sizeof list; i++)
+        off += (size_t)snprintf(list + off, sizeof list - off, "%s%d", i ? "," : "", L->slots[i]);
+    list[off] = 0;
+    HD_LOG_INFO("lease joined run=%ld lease=%s episode=%d slots=%s resume_step=%d catch_up=%d",
+                d->run, L->id, m, list, L->resume, upto);
     int before = 0;
     for (int t = 1; t <= upto; t++) {
         job_rc rc = fetch_tensor(d, "hyper", v0 + before, d->lam, d->nl, &d->lam_version);

@@ -68,9 +68,10 @@ static int wait_exit(pid_t pid, double timeout) {
     return -1;
 }
 
-static pid_t start_worker(const hdc_server *s, const char *token, long run, const char *name,
-                          const char *dir, int slots) {
-    char bin[512], runs[32], sl[16], log[512], base[64], tok[128], nm[64];
+static pid_t start_worker_shard(const hdc_server *s, const char *token, long run,
+                                const char *name, const char *dir, int slots, const char *shard) {
+    char bin[512], runs[32], sl[16], log[512], base[64], tok[128], nm[64], sh[16];
+    snprintf(sh, sizeof sh, "%s", shard);
     snprintf(base, sizeof base, "%s", s->base);
     snprintf(tok, sizeof tok, "%s", token);
     snprintf(nm, sizeof nm, "%s", name);
@@ -80,8 +81,14 @@ static pid_t start_worker(const hdc_server *s, const char *token, long run, cons
     snprintf(log, sizeof log, "%s/%s.log", dir, name);
     char *argv[] = {bin, (char *)"--server", base, (char *)"--token", tok,
                     (char *)"--run", runs, (char *)"--name", nm, (char *)"--slots", sl,
-                    (char *)"--no-progress", (char *)"--poll-wait", (char *)"2", NULL};
+                    (char *)"--no-progress", (char *)"--poll-wait", (char *)"2",
+                    (char *)"--shard", sh, NULL};
     return spawn(argv, log);
+}
+
+static pid_t start_worker(const hdc_server *s, const char *token, long run, const char *name,
+                          const char *dir, int slots) {
+    return start_worker_shard(s, token, run, name, dir, slots, "0/1");
 }
 
 static int write_file(const char *path, const char *text) {
@@ -252,6 +259,43 @@ static void sync_with_workers(hdc_conn *c, const char *spec, const result_t *ref
     hdc_cleanup(&s);
 }
 
+/* Two shards: each worker must only ever be given slots b with b % 2 == I. */
+static void sharded(hdc_conn *c, const char *spec, const result_t *ref) {
+    hdc_server s;
+    char token[128];
+    if (hdc_tmpdir(&s, "shard") != 0 || hdc_start(&s) != 0) {
+        CHECK_MSG(0, "server start failed");
+        return;
+    }
+    long id = create_run(c, &s, spec, token, sizeof token);
+    pid_t w0 = start_worker_shard(&s, token, id, "s0", s.dir, 1, "0/2");
+    pid_t w1 = start_worker_shard(&s, token, id, "s1", s.dir, 1, "1/2");
+    int st0 = wait_exit(w0, 180), st1 = wait_exit(w1, 180);
+    CHECK_MSG(st0 == 0 && st1 == 0, "shards: exit status %d %d (logs in %s)", st0, st1, s.dir);
+    for (int i = 0; i < 2; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/s%d.log", s.dir, i);
+        char *log = read_file(path);
+        int joined = 0, wrong = 0;
+        for (const char *p = log; p && (p = strstr(p, "slots=")) != NULL; p += 6) {
+            const char *line = p;
+            while (line > log && line[-1] != '\n') line--;
+            if (!strstr(line, "lease joined") || strstr(line, "lease joined") > p) continue;
+            joined++;
+            for (const char *q = p + 6; *q && *q != ' ' && *q != '\n'; q++)
+                if (*q >= '0' && *q <= '9' && (q[1] < '0' || q[1] > '9') && (*q - '0') % 2 != i) wrong++;
+        }
+        CHECK_MSG(joined > 0 && wrong == 0, "shard %d/2: %d leases, %d slots of the other shard", i,
+                  joined, wrong);
+        free(log);
+    }
+    result_t got;
+    if (fetch_result(c, &s, id, &got) == 0) compare("two shards, one worker each", &got, ref);
+    else CHECK_MSG(0, "shards: run did not complete (logs in %s)", s.dir);
+    result_clear(&got);
+    hdc_cleanup(&s);
+}
+
 static void worker_killed(hdc_conn *c, const char *spec, const result_t *ref) {
     hdc_server s;
     char token[128];
@@ -395,6 +439,9 @@ int main(void) {
     printf("local reference: n_lam %zu, n_w %zu, theta %.6f, meta-test %.6f\n", ref.nl, ref.nw,
            ref.theta, ref.test);
     for (int n = 1; n <= 3; n++) sync_with_workers(&c, spec, &ref, n);
+    char spec_sh[2048];
+    snprintf(spec_sh, sizeof spec_sh, "%.*s, \"shards\": 2}", (int)strlen(spec) - 1, spec);
+    sharded(&c, spec_sh, &ref);
     /* Fault runs: short leases so that a dead worker's slots come back quickly. */
     char spec_fault[2048];
     snprintf(spec_fault, sizeof spec_fault, SPEC_FMT, 4, "sync", 2);
