@@ -43,7 +43,7 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 PROGS      := $(if $(wildcard server/main.c),$(BUILD)/hdserver) $(if $(wildcard worker/main.c),$(BUILD)/hdworker)
 
-.PHONY: all test test-run check deps clean checksrc noopt bench-core bench-sinusoid bench-sinusoid-quick
+.PHONY: all test test-run check deps clean checksrc noopt bench-core bench-sinusoid bench-sinusoid-quick bench-distributed
 all: $(PROGS) $(TEST_BIN) $(BENCH_BIN)
 
 V ?= 0
@@ -116,6 +116,10 @@ bench-core: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_core
 	@$(BUILD)/bench/bench_core
 
+bench-distributed: deps
+	@$(MAKE) --no-print-directory $(BUILD)/hdserver $(BUILD)/hdworker
+	@BUILD=$(BUILD) sh tests/bench/bench_distributed.sh
+
 bench-sinusoid: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_sinusoid
 	@$(BUILD)/bench/bench_sinusoid
@@ -143,3 +147,11 @@ $(LIBSERVER): $(BUILD)/gen/schema_sql.o
 bench-ingest: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_ingest $(BUILD)/hdserver
 	@BUILD=$(BUILD) $(BUILD)/bench/bench_ingest
+
+# --- hdserver: the dashboard page embedded into the server library ---------
+$(BUILD)/gen/dashboard_html.c: server/assets/dashboard.html server/assets/embed.sh
+	@mkdir -p $(dir $@)
+	sh server/assets/embed.sh $@ server/assets/dashboard.html
+$(BUILD)/gen/dashboard_html.o: $(BUILD)/gen/dashboard_html.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+$(LIBSERVER): $(BUILD)/gen/dashboard_html.o

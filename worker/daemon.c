@@ -80,7 +80,11 @@ typedef struct {
     } group[MAX_SLOTS];
     int ngroup;                /* leases in the group */
     int gslots;                /* slots in the group (eps[0 .. gslots-1]) */
-    /* progress */
+    /* progress and accounting */
+    double t_wait;            /* seconds waiting for lam versions (the sync barrier) */
+    double t_compute;         /* seconds in episode computations */
+    double t_post;            /* seconds posting hypergradients */
+    long steps_done;          /* inner steps of training slots computed */
     long posts;
     double t_start;
     double last_val;
@@ -395,6 +399,7 @@ static void heartbeat_group(daemon_t *d) {
 static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, long used) {
     const run_spec *sp = &d->spec;
     int T = sp->steps, replay = t <= L->resume;
+    double t0 = now_s();
     for (int i = 0; i < L->K; i++) {
         episode_info info;
         episode_step(d->eps[L->first + i], d->lam, theta, replay, d->g, &info);
@@ -410,6 +415,8 @@ static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, lon
             d->last_val = info.val_loss;
         }
     }
+    d->t_compute += now_s() - t0;
+    d->steps_done += L->K;
     if (!method_posts_at(&sp->method, t, T) || replay) return JOB_OK;
     if (!vec_all_finite(d->nl, d->gsum)) {
         HD_LOG_ERROR("non-finite hypergradient run=%ld step=%d lease=%s: releasing (robust.skip_nonfinite "
@@ -424,7 +431,9 @@ static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, lon
     if (npy_encode(sp->wire_f32 ? NPY_F32 : NPY_F64, 1, shape, d->gsum, &buf, &len, &err) != HD_OK)
         return JOB_FATAL;
     client_resp r;
+    double tp = now_s();
     long st = req(d, "POST", path, "application/octet-stream", buf, len, NULL, 30.0, &r);
+    d->t_post += now_s() - tp;
     free(buf);
     if (st >= 200 && st < 300) {
         L->last_hb = now_s();
@@ -532,6 +541,7 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
     int before = 0;
     for (int t = 1; t <= T; t++) {
         /* The lam of step t: sync V0 + posting steps before t; async the newest. */
+        double tw = now_s();
         if (async) {
             rc = fetch_tensor(d, "hyper", -1, d->lam, d->nl, &d->lam_version);
         } else {
@@ -548,6 +558,7 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
                 if ((rc = group_extend(d, m, t - 1, v0, theta, &added)) != JOB_OK) break;
             }
         }
+        d->t_wait += now_s() - tw;
         if (rc != JOB_OK) return rc;
         long used = d->lam_version;
         int live = 0;
@@ -720,6 +731,7 @@ static long register_worker(daemon_t *d) {
 static int work_run(daemon_t *d) {
     long st = register_worker(d);
     if (st) return 1;
+    double idle_wait = 0.01; /* seconds to wait after a 204, doubling */
     for (;;) {
         if (stop_flag) return 3;
         char path[128];
@@ -737,11 +749,17 @@ static int work_run(daemon_t *d) {
             return 0;
         }
         if (st == 204 || st == 202) {
-            double wait = r.retry_after > 0 ? (double)r.retry_after : 0.2;
+            /* Nothing to lease yet (e.g. the other workers are finishing the
+             * episode): poll again soon, backing off to the server's
+             * Retry-After, so that an episode boundary costs milliseconds. */
+            double cap = r.retry_after > 0 ? (double)r.retry_after : 1.0;
+            double wait = fmin(idle_wait, cap);
+            idle_wait = fmin(idle_wait * 2.0, cap);
             struct timespec ts = {(time_t)wait, (long)((wait - floor(wait)) * 1e9)};
             nanosleep(&ts, NULL);
             continue;
         }
+        idle_wait = 0.01;
         if (st == 404 && strstr(client_error_text(&r), "worker")) {
             /* The server forgot us (e.g. restored from an older state): register again. */
             if (register_worker(d)) return 1;
@@ -888,9 +906,12 @@ int daemon_main(int argc, char **argv) {
         if (cfg.run) break;
     }
     const client_stats *cs = client_get_stats(d.cl);
-    HD_LOG_INFO("exit status=%d posts=%ld requests=%llu retries=%llu bytes_sent=%llu bytes_recv=%llu",
-                status, d.posts, (unsigned long long)cs->requests, (unsigned long long)cs->retries,
-                (unsigned long long)cs->bytes_sent, (unsigned long long)cs->bytes_recv);
+    HD_LOG_INFO("exit status=%d posts=%ld slot_steps=%ld requests=%llu retries=%llu bytes_sent=%llu "
+                "bytes_recv=%llu wait_s=%.3f compute_s=%.3f post_s=%.3f elapsed_s=%.3f",
+                status, d.posts, d.steps_done, (unsigned long long)cs->requests,
+                (unsigned long long)cs->retries, (unsigned long long)cs->bytes_sent,
+                (unsigned long long)cs->bytes_recv, d.t_wait, d.t_compute, d.t_post,
+                now_s() - d.t_start);
     free_model(&d);
     client_free(d.cl);
     return status;
