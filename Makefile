@@ -43,7 +43,7 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 PROGS      := $(if $(wildcard server/main.c),$(BUILD)/hdserver) $(if $(wildcard worker/main.c),$(BUILD)/hdworker)
 
-.PHONY: all test test-run check deps clean checksrc noopt bench-core bench-sinusoid bench-sinusoid-quick bench-distributed
+.PHONY: all test test-run check deps clean checksrc noopt demo bench-core bench-sinusoid bench-sinusoid-quick bench-distributed
 all: $(PROGS) $(TEST_BIN) $(BENCH_BIN)
 
 V ?= 0
@@ -115,6 +115,10 @@ checksrc:
 bench-core: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_core
 	@$(BUILD)/bench/bench_core
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BUILD)/hdserver $(BUILD)/hdworker
+	@BUILD=$(BUILD) sh deploy/demo.sh
 
 bench-distributed: deps
 	@$(MAKE) --no-print-directory $(BUILD)/hdserver $(BUILD)/hdworker
