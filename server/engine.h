@@ -116,4 +116,53 @@ hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body,
                             char **reply, hd_err *err);
 hd_rc engine_lease_release(engine_t *e, const char *lease_id, char **reply, hd_err *err);
 
+/* ---- observation (events.c, metrics.c; read-only) -------------------------- */
+/* Metrics of one episode as the engine holds them now. */
+typedef struct {
+    int episode;          /* 1..M */
+    int ended;            /* 1 once training of the episode finished (Reptile applied) */
+    long train_n;         /* per-slot train losses reported so far */
+    double train_loss;    /* their mean; valid when train_n > 0 */
+    long hg_n;            /* outer updates applied during the episode */
+    double hg_sum;        /* sum of their (clipped) hypergradient norms */
+    int has_val, has_test;
+    double val_loss, test_loss; /* meta-validation / meta-test loss after the episode */
+    double theta;         /* theta at the end of the episode */
+    double seconds;       /* since run creation at the end of the episode */
+    int64_t lam_version;  /* at the end of the episode */
+} engine_obs_row;
+
+/* Scalars of one run. Strings are static (never freed). */
+typedef struct {
+    int64_t id;
+    const char *state;        /* running, paused, completed, failed, cancelled */
+    const char *phase;        /* estimate, train, eval, done */
+    int finished;             /* 1: completed, failed or cancelled */
+    int sync;                 /* 1: sync mode, 0: async */
+    int episode, episodes;    /* current episode 1..M, and M */
+    int step, steps;          /* sync train: open (next) posting step, else 0; and T */
+    int applied_step;         /* sync: posting step of the last outer update of the episode, else 0 */
+    int meta_batch;           /* B */
+    int64_t lam_version;      /* published (committed) lam version */
+    int64_t lam_version_head; /* in memory (may lead the published one by one commit) */
+    int64_t phi_version;      /* published */
+    int64_t outer_steps;      /* outer optimiser steps applied */
+    double theta;             /* current theta */
+    int rounds;               /* estimation rounds with a fitted theta */
+    long posts;               /* accepted step posts */
+    long stale_refused;       /* async posts refused as too stale */
+    int has_meta_val, has_meta_test;
+    double meta_val_loss, meta_test_loss;
+    int workers;              /* registered workers */
+    int leases;               /* active, unexpired leases */
+    double created_at;        /* unix seconds */
+} engine_obs;
+
+/* Fill *out with the scalars of run r and rows[0..) with the metrics of
+ * episodes first, first+1, ... (at most max_rows, up to the current episode
+ * or M). Returns the number of rows filled. Takes the run lock once; no
+ * allocation. Thread-safe. */
+int engine_run_observe(engine_t *e, engine_run *r, int first, engine_obs_row *rows, int max_rows,
+                       engine_obs *out);
+
 #endif

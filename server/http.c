@@ -313,6 +313,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     double us = (srvutil_mono() - r->t0) * 1e6;
     atomic_fetch_add(&s->requests, 1);
+    if (s->routes->completed) s->routes->completed(s->ctx, r, r->replied ? r->status : 0, us * 1e-6);
     HD_LOG_INFO("request method=%s path=%s status=%d us=%.0f%s", r->method, r->path ? r->path : "-",
                 r->replied ? r->status : 0, us,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
@@ -438,4 +439,39 @@ void http_stop(http_server_t *s) {
     free(s->tls_cert);
     free(s->tls_key);
     free(s);
+}
+
+/* ---- streamed replies (http.h; used by events.c) -------------------------- */
+
+typedef struct {
+    http_stream_read fn;
+    void *cls;
+    void (*free_cls)(void *cls);
+} stream_ctx;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream_ctx *c = cls;
+    long n = c->fn(c->cls, pos, buf, max);
+    if (n == HTTP_STREAM_END) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls) {
+    stream_ctx *c = cls;
+    if (c->free_cls) c->free_cls(c->cls);
+    free(c);
+}
+
+void http_reply_stream(http_req_t *r, int status, const char *ctype, http_stream_read fn, void *cls,
+                       void (*free_cls)(void *cls), const char *const *hdrs) {
+    stream_ctx *c = malloc(sizeof *c);
+    struct MHD_Response *resp = NULL;
+    if (c) {
+        *c = (stream_ctx){fn, cls, free_cls};
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, c, stream_free);
+        if (!resp) free(c);
+    }
+    if (!resp && free_cls) free_cls(cls);
+    queue(r, status, resp, ctype, hdrs);
 }

@@ -34,6 +34,11 @@ typedef struct {
     size_t (*body_limit)(void *ctx, http_req_t *r);
     /* Handle a complete request; must call exactly one http_reply_*. */
     void (*handle)(void *ctx, http_req_t *r);
+    /* Optional (NULL = none): called once per request when its response
+     * has been sent or the connection ended, with the status (0 when none
+     * was queued) and the seconds since the request started. Must not
+     * reply. (Observation hook for metrics.c.) */
+    void (*completed)(void *ctx, const http_req_t *r, int status, double seconds);
 } http_routes;
 
 /* Start listening per cfg (borrowed; must outlive the server). routes and
@@ -87,5 +92,19 @@ int http_status_of(hd_rc rc);
 /* Counters (thread-safe reads). */
 uint64_t http_requests_total(const http_server_t *s);
 uint64_t http_errors_total(const http_server_t *s);
+
+/* ---- streamed replies (Server-Sent Events; events.c) ---------------------- */
+#define HTTP_STREAM_END (-1)   /* http_stream_read: end of the body */
+#define HTTP_STREAM_ERROR (-2) /* http_stream_read: abort the connection */
+/* Fill buf with at most max bytes of the body at offset pos. Returns the
+ * number of bytes (0 = nothing now, called again soon: the callback should
+ * have waited a little first), HTTP_STREAM_END or HTTP_STREAM_ERROR. Runs on
+ * the connection's thread; may block briefly (thread-per-connection mode). */
+typedef long (*http_stream_read)(void *cls, uint64_t pos, char *buf, size_t max);
+/* Reply with a body produced by fn (chunked, no Content-Length). Takes cls:
+ * free_cls(cls) runs when the response is destroyed (also when queuing
+ * fails). */
+void http_reply_stream(http_req_t *r, int status, const char *ctype, http_stream_read fn, void *cls,
+                       void (*free_cls)(void *cls), const char *const *hdrs);
 
 #endif

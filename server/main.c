@@ -14,8 +14,10 @@
 
 #include "config.h"
 #include "engine.h"
+#include "events.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "routes.h"
 #include "server.h"
 #include "store.h"
@@ -49,7 +51,7 @@ static int write_port_file(const char *path, unsigned port) {
     return rename(tmp, path);
 }
 
-static const http_routes route_table = {routes_body_limit, routes_handle};
+static const http_routes route_table = {routes_body_limit, routes_handle, routes_completed};
 
 int main(int argc, char **argv) {
     server_config cfg;
@@ -96,6 +98,11 @@ int main(int argc, char **argv) {
         HD_LOG_ERROR("cannot start the committer thread");
         goto out_engine;
     }
+    srv.metrics = metrics_new();
+    if (!srv.metrics || events_start(srv.engine, &srv.events, &err) != HD_OK) {
+        HD_LOG_ERROR("cannot start the observers msg=\"%s\"", err.msg[0] ? err.msg : "out of memory");
+        goto out_committer;
+    }
     unsigned port = 0;
     if (http_start(&cfg, &route_table, &srv, &srv.http, &port, &err) != HD_OK) {
         HD_LOG_ERROR("cannot start HTTP msg=\"%s\"", err.msg);
@@ -119,8 +126,11 @@ int main(int argc, char **argv) {
 out_http:
     http_quiesce(srv.http);
     engine_shutdown(srv.engine);
+    events_shutdown(srv.events); /* open event streams end now */
     http_stop(srv.http);
 out_committer:
+    events_free(srv.events);
+    metrics_free(srv.metrics);
     engine_stop_committer(srv.engine);
     pthread_join(committer, NULL);
 out_engine:

@@ -28,12 +28,28 @@ void routes__reply_rc(http_req_t *r, hd_rc rc, const hd_err *err, int status, ch
     http_reply_json_take(r, status, json, NULL);
 }
 
+const char *routes__token(const http_req_t *r) {
+    const char *t = http_bearer(r);
+    if (t) return t;
+    const char *path = http_path(r);
+    size_t n = strlen(path);
+    if (strcmp(http_method(r), "GET") == 0 && n >= 7 && strcmp(path + n - 7, "/events") == 0)
+        return http_query(r, "access_token");
+    return NULL;
+}
+
 int routes__is_admin(server_t *s, http_req_t *r) {
-    return srvutil_token_eq(s->cfg->admin_token, http_bearer(r));
+    return srvutil_token_eq(s->cfg->admin_token, routes__token(r));
+}
+
+void routes_completed(void *ctx, const http_req_t *r, int status, double seconds) {
+    server_t *s = ctx;
+    const char *path = http_path(r);
+    if (s->metrics) metrics_observe(s->metrics, http_method(r), path ? path : "", status, seconds);
 }
 
 int routes__auth(server_t *s, http_req_t *r, engine_run *run, int worker_ok) {
-    const char *tok = http_bearer(r);
+    const char *tok = routes__token(r);
     if (!tok) {
         routes__fail(r, HD_EAUTH, "missing bearer token (Authorization: Bearer <token>)");
         return 0;
@@ -148,6 +164,10 @@ void routes_handle(void *ctx, http_req_t *r) {
         char buf[96];
         snprintf(buf, sizeof buf, "{\"status\":\"ready\",\"schema_version\":%d}", store_schema_version(s->store));
         http_reply_json(r, 200, buf, NULL);
+        return;
+    }
+    if (p.n == 0 || (p.n == 1 && (is(&p, 0, "metrics") || is(&p, 0, "dashboard")))) {
+        routes_observe(s, r, &p);
         return;
     }
     if (p.n >= 2 && is(&p, 0, "v1") && is(&p, 1, "runs")) {

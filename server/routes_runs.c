@@ -1,5 +1,5 @@
-/* Run endpoints: create, list, status, control, tensors, metrics, samples
- * (routes.h; schema/openapi.yaml). */
+/* Run endpoints: create, list, status, control, tensors, metrics, samples,
+ * events (routes.h; schema/openapi.yaml). */
 #include "routes.h"
 
 #include <stdio.h>
@@ -42,6 +42,18 @@ static int query_i64(http_req_t *r, const char *name, int64_t lo, int64_t hi, in
         routes__fail(r, HD_EINVAL, "query parameter %s: must be an integer in [%lld, %lld]", name,
                      (long long)lo, (long long)hi);
         return -1;
+    }
+    return 1;
+}
+
+/* ?format= of the run status endpoints: json (default) or text. Sets
+ * *text; replies 400 and returns 0 for anything else. */
+static int text_format(http_req_t *r, int *text) {
+    const char *f = http_query(r, "format");
+    *text = f && strcmp(f, "text") == 0;
+    if (f && !*text && strcmp(f, "json") != 0) {
+        routes__fail(r, HD_EINVAL, "query parameter format: json or text");
+        return 0;
     }
     return 1;
 }
@@ -91,6 +103,7 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
     hd_err_clear(&err);
     char *json = NULL;
     hd_rc rc;
+    int text = 0;
     if (p->n == 2) {
         if (strcmp(http_method(r), "POST") == 0) {
             if (!routes__auth(s, r, NULL, 0)) return;
@@ -105,7 +118,9 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
             return;
         }
         if (!method_is(r, "GET") || !routes__auth(s, r, NULL, 0)) return;
-        http_reply_json_take(r, 200, engine_runs_json(s->engine), NULL);
+        if (!text_format(r, &text)) return;
+        if (text) routes_runs_text(s, r, NULL);
+        else http_reply_json_take(r, 200, engine_runs_json(s->engine), NULL);
         return;
     }
     int64_t id;
@@ -117,9 +132,10 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
     engine_run *run = engine_run_find(s->engine, id);
     const char *what = p->n >= 4 ? p->seg[3] : "";
     int worker_ok = p->n == 3 || (p->n == 4 && (strcmp(what, "hyper") == 0 || strcmp(what, "init") == 0 ||
-                                                strcmp(what, "workers") == 0 || strcmp(what, "lease") == 0));
+                                                strcmp(what, "workers") == 0 || strcmp(what, "lease") == 0 ||
+                                                strcmp(what, "events") == 0));
     if (!run) {
-        const char *tok = http_bearer(r);
+        const char *tok = routes__token(r);
         if (!routes__is_admin(s, r) && !(tok && engine_token_known(s->engine, tok))) {
             routes__auth(s, r, NULL, 0);
             return;
@@ -129,8 +145,9 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
     }
     if (!routes__auth(s, r, run, worker_ok)) return;
     if (p->n == 3) {
-        if (!method_is(r, "GET")) return;
-        http_reply_json_take(r, 200, engine_run_json(s->engine, run), NULL);
+        if (!method_is(r, "GET") || !text_format(r, &text)) return;
+        if (text) routes_runs_text(s, r, run);
+        else http_reply_json_take(r, 200, engine_run_json(s->engine, run), NULL);
         return;
     }
     if (p->n != 4) {
@@ -156,6 +173,9 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
         } else {
             http_reply_json_take(r, 200, engine_metrics_json(s->engine, run), NULL);
         }
+    } else if (strcmp(what, "events") == 0) {
+        if (!method_is(r, "GET")) return;
+        routes_run_events(s, r, run);
     } else if (strcmp(what, "samples") == 0) {
         if (!method_is(r, "GET")) return;
         http_reply_json_take(r, 200, engine_samples_json(s->engine, run), NULL);

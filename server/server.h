@@ -5,7 +5,9 @@
 
 #include "config.h"
 #include "engine.h"
+#include "events.h"
 #include "http.h"
+#include "metrics.h"
 #include "store.h"
 
 typedef struct {
@@ -13,6 +15,8 @@ typedef struct {
     store_t *store;           /* the database (written by the committer only) */
     engine_t *engine;         /* runs */
     http_server_t *http;      /* the daemon */
+    events_t *events;         /* run event hub for the SSE streams (NULL = none) */
+    metrics_t *metrics;       /* Prometheus counters (NULL = none) */
 } server_t;
 
 #endif

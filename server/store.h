@@ -7,11 +7,13 @@
  * Durability: WAL journal, page_size 65536 (set before the first table is
  * created), synchronous NORMAL by default (an acknowledged commit survives a
  * crash or SIGKILL of the process; FULL also survives power loss, at about a
- * quarter of the throughput for large rows) - see store_open.
+ * quarter of the throughput for large rows) - see store_open and
+ * docs/STORAGE.md (what is written per commit).
  *
  * Thread-safety: a store_t is used by one thread at a time (the caller
  * serialises: loads run at start before the committer starts, then only the
- * committer writes). store_ready() may be called from any thread. */
+ * committer writes). store_ready() and store_checkpoint() may be called from
+ * any thread; the store runs one thread of its own (WAL checkpoints). */
 #ifndef HD_SERVER_STORE_H
 #define HD_SERVER_STORE_H
 
@@ -41,15 +43,25 @@ typedef enum {
     STORE_OP_METRICS_PUT,    /* i[0]=episode text=row JSON */
     STORE_OP_WORKER_PUT,     /* key=worker_id text=row JSON */
     STORE_OP_LEASE_PUT,      /* key=lease_id text=row JSON */
-    STORE_OP_POSTS_PRUNE     /* async: delete posts with version <= i[0] (lam stored up to there) */
+    STORE_OP_POSTS_PRUNE,    /* async: delete posts and async_log rows with version <= i[0] (lam
+                                stored up to there) */
+    STORE_OP_ALOG_PUT,       /* async post: i[0]=episode i[1]=t i[2]=first_slot i[3]=k
+                                i[4]=version produced i[5]=version used, key=lease, raw (f4
+                                bytes) or data (f8); written to ring slot i[4] % STORE_ALOG_RING
+                                of the run, overwriting the post of version i[4] - RING, which the
+                                caller guarantees is in a stored lam already */
+    STORE_OP_ALOG_CLEAR      /* delete the run's async log (the run finished) */
 } store_op_kind;
+
+/* Slots of a run's async post log (a ring: see STORE_OP_ALOG_PUT). */
+#define STORE_ALOG_RING 512
 
 /* One write. All pointers are owned by the op (freed by store_op_free). */
 typedef struct store_op {
     struct store_op *next; /* singly linked batch list */
     store_op_kind kind;
     int64_t run;           /* run id */
-    int64_t i[5];          /* kind-specific integers (see store_op_kind) */
+    int64_t i[6];          /* kind-specific integers (see store_op_kind) */
     double d[1];           /* kind-specific reals */
     char *key;             /* owned text key or NULL */
     char *text;            /* owned text or NULL */
@@ -65,7 +77,7 @@ typedef struct store_op {
 /* The hot state of one run, written once per commit (UPDATE runs). */
 typedef struct {
     int64_t run;
-    char *state_json;     /* owned engine snapshot */
+    char *state_json;     /* owned engine snapshot, or NULL when the state row is unchanged */
     double *lam;          /* owned n_lam doubles, or NULL when lam and the optimiser state are
                              unchanged (only state_json is written) */
     size_t n_lam;
@@ -87,9 +99,10 @@ void store_hot_clear(store_hot *h);
  * applied, each in its own transaction. Returns HD_OK, HD_EDB or HD_ENOMEM;
  * *out is owned (store_close). */
 hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err);
-/* Checkpoint the WAL (PASSIVE: never blocks the committer) on a second
- * connection of its own. Safe to call from one other thread while the
- * committer writes; no-op when the WAL is small. */
+/* Ask the store's checkpointer thread for a PASSIVE checkpoint of the WAL
+ * (on a second connection of its own: never blocks the committer) and
+ * return at once. The store also asks by itself after commits once the WAL
+ * holds 4 MiB. Thread-safe. */
 void store_checkpoint(store_t *st);
 /* Close; NULL allowed. Checkpoints the WAL. */
 void store_close(store_t *st);
@@ -116,14 +129,18 @@ typedef enum {
     STORE_T_SAMPLES,  /* i: episode slot; b1 x b2 y */
     STORE_T_METRICS,  /* i: episode; t1 row */
     STORE_T_WORKERS,  /* t1 worker_id t2 row */
-    STORE_T_LEASES    /* t1 lease_id t2 row */
+    STORE_T_LEASES,   /* t1 lease_id t2 row */
+    STORE_T_ALOG      /* async post log: i: episode t first_slot k version used; t1 lease;
+                         b1 data (float32 when the run's wire dtype is f4, else float64);
+                         ordered by version; rows older than the stored lam are still
+                         there (ring slots not overwritten yet): skip them */
 } store_table;
 
 /* One row as seen by a loader callback; every pointer is borrowed and valid
  * only during the call. Blobs are raw bytes (b?_len bytes, possibly
  * unaligned: copy them). */
 typedef struct {
-    int64_t i[5];
+    int64_t i[6];
     double d;
     const char *t1, *t2, *t3;
     const void *b1, *b2, *b3, *b4;

@@ -3,16 +3,26 @@
  * hypergradients (the paper's sinusoid lam, .npy <f4, 81 KB) to an async
  * run, each on its own lease. Reports posts/s and p50/p99 latency with
  * durability (group commit, synchronous=NORMAL) next to the HTTP floor (the
- * same server started with --bench-discard-posts, which reads the body and
- * answers without applying or storing it), and lam pulls per second (GET
- * /hyper, 4 clients). Bounded: each measurement runs BENCH_SECONDS. */
+ * same binary in the same MHD mode, started with --bench-discard-posts:
+ * it authenticates, reads the body and answers without applying or storing
+ * it), and lam pulls per second (GET /hyper, 4 clients).
+ *
+ * Both servers run during the whole benchmark and each repetition measures
+ * durable and floor back to back, so that the ratio compares figures taken
+ * under the same machine load (the 2-core machine is shared). Every cell is
+ * repeated --reps times; the table shows medians and the spread (min-max)
+ * of the rates and of p99, because fsync latency can spike for minutes
+ * (LIBRARIES.md). Options: --reps R (default 5), --seconds S per cell
+ * (default 2), --clients a,b,c (default 1,4,16), --durable-only. */
 #include <pthread.h>
 
 #include "../integ/hdclient.h"
 #include "npy.h"
 
-#define BENCH_SECONDS 3.0
 #define NLAM 20400
+#define MAX_CLIENTS 64
+#define MAX_REPS 21
+#define MAX_NS 8
 
 static const char *spec =
     "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,100,100,100,1],\"hyper_layers\":3},"
@@ -66,7 +76,7 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 typedef struct {
-    double rate, p50, p99;
+    double rate, p50, p99; /* requests/s, ms, ms */
     long errors;
 } result;
 
@@ -76,11 +86,13 @@ static int setup(const char *base, int nclients, client *cl) {
     hdc_conn_init(&c);
     char url[512], token[160], wid[64], body[256];
     hdc_resp r;
+    int rc = -1;
     snprintf(url, sizeof url, "%s/v1/runs", base);
     hdc_req(&c, "POST", url, HDC_ADMIN, spec, strlen(spec), NULL, &r);
     if (r.status != 201) {
         fprintf(stderr, "create run: %ld %s\n", r.status, r.body);
-        return -1;
+        hdc_resp_free(&r);
+        goto out;
     }
     long long run = hdc_json_int(r.body, "id", -1);
     hdc_json_str(r.body, "worker_token", token, sizeof token);
@@ -95,36 +107,44 @@ static int setup(const char *base, int nclients, client *cl) {
         hdc_req(&c, "POST", url, token, body, strlen(body), NULL, &r);
         if (r.status != 200) {
             fprintf(stderr, "lease: %ld %s\n", r.status, r.body);
-            return -1;
+            hdc_resp_free(&r);
+            goto out;
         }
         hdc_json_str(r.body, "lease_id", cl[i].lease, sizeof cl[i].lease);
         snprintf(cl[i].token, sizeof cl[i].token, "%s", token);
         cl[i].run = run;
         hdc_resp_free(&r);
     }
+    rc = 0;
+out:
     hdc_conn_clear(&c);
-    return 0;
+    return rc;
 }
 
-static result measure(const char *base, int n, int pull, const uint8_t *body, size_t len) {
-    client cl[16];
+static result measure(const char *base, int n, int pull, const uint8_t *body, size_t len, double seconds) {
+    client cl[MAX_CLIENTS];
     memset(cl, 0, sizeof cl);
-    result res = {0, 0, 0, 0};
+    result res = {0, 0, 0, 1};
+    /* Pulls: 4 clients share one lease's run (meta_batch 16 > 4 anyway). */
     if (setup(base, pull ? 1 : n, cl) != 0) return res;
+    res.errors = 0;
     double t0 = hdc_now();
-    pthread_t th[16];
+    pthread_t th[MAX_CLIENTS];
     for (int i = 0; i < n; i++) {
         if (pull && i > 0) cl[i] = cl[0];
         cl[i].base = base;
         cl[i].body = body;
         cl[i].len = len;
-        cl[i].until = t0 + BENCH_SECONDS;
-        cl[i].cap = 2000000;
+        cl[i].until = t0 + seconds;
+        cl[i].cap = 1000000;
         cl[i].lat = malloc((size_t)cl[i].cap * sizeof(double));
         cl[i].n = 0;
         cl[i].errors = 0;
         cl[i].pull = pull;
-        pthread_create(&th[i], NULL, client_main, &cl[i]);
+        if (!cl[i].lat || pthread_create(&th[i], NULL, client_main, &cl[i]) != 0) {
+            fprintf(stderr, "cannot start client %d\n", i);
+            exit(1);
+        }
     }
     long total = 0;
     for (int i = 0; i < n; i++) {
@@ -134,6 +154,7 @@ static result measure(const char *base, int n, int pull, const uint8_t *body, si
     }
     double secs = hdc_now() - t0;
     double *all = malloc((size_t)(total ? total : 1) * sizeof(double));
+    if (!all) exit(1);
     long k = 0;
     for (int i = 0; i < n; i++) {
         memcpy(all + k, cl[i].lat, (size_t)cl[i].n * sizeof(double));
@@ -150,14 +171,67 @@ static result measure(const char *base, int n, int pull, const uint8_t *body, si
     return res;
 }
 
-int main(void) {
+/* Median, min and max of n values (n >= 1); sorts x. */
+typedef struct {
+    double med, lo, hi;
+} stat3;
+
+static stat3 stats(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, cmp_d);
+    stat3 s = {n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]), x[0], x[n - 1]};
+    return s;
+}
+
+typedef struct {
+    double rate[MAX_REPS], p50[MAX_REPS], p99[MAX_REPS], ratio[MAX_REPS];
+} cells;
+
+static int parse_list(const char *s, int *out, int max) {
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > MAX_CLIENTS) return -1;
+        out[n++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return n;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: bench_ingest [--reps R (1-%d)] [--seconds S] [--clients a,b,c] [--durable-only]\n",
+            MAX_REPS);
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    int reps = 5, durable_only = 0;
+    double seconds = 2.0;
+    int ns[MAX_NS] = {1, 4, 16}, nns = 3;
+    for (int i = 1; i < argc; i++) {
+        char *end = NULL;
+        if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            reps = (int)strtol(argv[++i], &end, 10);
+            if (*end || reps < 1 || reps > MAX_REPS) usage();
+        } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+            seconds = strtod(argv[++i], &end);
+            if (*end || !(seconds > 0.05 && seconds < 600)) usage();
+        } else if (strcmp(argv[i], "--clients") == 0 && i + 1 < argc) {
+            if ((nns = parse_list(argv[++i], ns, MAX_NS)) < 1) usage();
+        } else if (strcmp(argv[i], "--durable-only") == 0) {
+            durable_only = 1;
+        } else {
+            usage();
+        }
+    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     static double g[NLAM];
     for (int i = 0; i < NLAM; i++) g[i] = 1e-3 * (double)((i * 7919) % 1000 - 500) / 500.0;
     uint8_t *body = NULL;
     size_t len = 0;
     size_t shape[1] = {NLAM};
-    npy_encode(NPY_F32, 1, shape, g, &body, &len, NULL);
+    if (npy_encode(NPY_F32, 1, shape, g, &body, &len, NULL) != HD_OK) return 1;
 
     hdc_server dur, flo;
     if (hdc_tmpdir(&dur, "bench") != 0 || hdc_start(&dur) != 0) return 1;
@@ -165,32 +239,61 @@ int main(void) {
     snprintf(flo.extra[0], sizeof flo.extra[0], "--bench-discard-posts");
     snprintf(flo.extra[1], sizeof flo.extra[1], "1");
     flo.nextra = 2;
-    if (hdc_start(&flo) != 0) return 1;
+    if (!durable_only && hdc_start(&flo) != 0) return 1;
+    fprintf(stderr, "durable server pid %d, floor server pid %d\n", (int)dur.pid, (int)flo.pid);
 
-    printf("ingest: async run, lam = %d float32 (%zu-byte .npy posts), %.0f s per cell, 2-core machine\n", NLAM,
-           len, BENCH_SECONDS);
-    printf("%-8s | %-30s | %-30s | %s\n", "clients", "durable posts/s  p50 ms  p99 ms", "floor posts/s  p50 ms  p99 ms",
-           "durable/floor");
-    static const int ns[3] = {1, 4, 16};
+    static cells dc[MAX_NS], fc[MAX_NS];
     int ok = 1;
-    for (int i = 0; i < 3; i++) {
-        result d = measure(dur.base, ns[i], 0, body, len);
-        result f = measure(flo.base, ns[i], 0, body, len);
-        printf("%-8d | %14.0f  %6.2f  %6.2f | %13.0f  %6.2f  %6.2f | %.2f\n", ns[i], d.rate, d.p50, d.p99, f.rate,
-               f.p50, f.p99, f.rate > 0 ? d.rate / f.rate : 0.0);
-        if (d.errors || f.errors) ok = 0;
-        if (ns[i] == 4)
-            printf("goal (4 clients): durable >= 0.5 x floor: %s; p99 < 5 ms: %s\n",
-                   d.rate >= 0.5 * f.rate ? "met" : "NOT met", d.p99 < 5.0 ? "met" : "NOT met");
+    for (int rep = 0; rep < reps; rep++) {
+        for (int i = 0; i < nns; i++) {
+            result d = measure(dur.base, ns[i], 0, body, len, seconds);
+            result f = {0, 0, 0, 0};
+            if (!durable_only) f = measure(flo.base, ns[i], 0, body, len, seconds);
+            if (d.errors || f.errors) ok = 0;
+            dc[i].rate[rep] = d.rate;
+            dc[i].p50[rep] = d.p50;
+            dc[i].p99[rep] = d.p99;
+            fc[i].rate[rep] = f.rate;
+            fc[i].p50[rep] = f.p50;
+            fc[i].p99[rep] = f.p99;
+            dc[i].ratio[rep] = f.rate > 0 ? d.rate / f.rate : 0.0;
+            fprintf(stderr, "rep %d clients %d: durable %.0f/s p50 %.2f p99 %.2f | floor %.0f/s p50 %.2f p99 %.2f\n",
+                    rep + 1, ns[i], d.rate, d.p50, d.p99, f.rate, f.p50, f.p99);
+        }
     }
-    result p = measure(dur.base, 4, 1, NULL, 0);
-    printf("lam pulls (GET /hyper, 4 clients): %.0f /s  p50 %.2f ms  p99 %.2f ms  (goal >= 5000/s: %s)\n", p.rate,
-           p.p50, p.p99, p.rate >= 5000 ? "met" : "NOT met");
+
+    printf("ingest: async run, lam = %d float32 (%zu-byte .npy posts), %d reps x %.1f s per cell, "
+           "medians [min-max]\n", NLAM, len, reps, seconds);
+    printf("%7s | %21s %6s %15s | %21s %6s %6s | %s\n", "clients", "durable posts/s", "p50 ms", "p99 ms",
+           "floor posts/s", "p50 ms", "p99 ms", "ratio");
+    for (int i = 0; i < nns; i++) {
+        stat3 dr = stats(dc[i].rate, reps), d5 = stats(dc[i].p50, reps), d9 = stats(dc[i].p99, reps);
+        stat3 fr = stats(fc[i].rate, reps), f5 = stats(fc[i].p50, reps), f9 = stats(fc[i].p99, reps);
+        stat3 ra = stats(dc[i].ratio, reps);
+        printf("%7d | %5.0f [%5.0f-%5.0f] %6.2f %5.2f [%4.1f-%4.1f] | %5.0f [%5.0f-%5.0f] %6.2f %6.2f | %.2f [%.2f-%.2f]\n",
+               ns[i], dr.med, dr.lo, dr.hi, d5.med, d9.med, d9.lo, d9.hi, fr.med, fr.lo, fr.hi, f5.med, f9.med,
+               ra.med, ra.lo, ra.hi);
+        if (ns[i] == 4 && !durable_only)
+            printf("goal (4 clients, medians): durable >= 0.5 x floor: %s; p99 < 5 ms: %s\n",
+                   ra.med >= 0.5 ? "met" : "NOT met", d9.med < 5.0 ? "met" : "NOT met");
+    }
+    double pr[MAX_REPS], p5[MAX_REPS], p9[MAX_REPS];
+    for (int rep = 0; rep < reps; rep++) {
+        result p = measure(dur.base, 4, 1, NULL, 0, seconds);
+        if (p.errors) ok = 0;
+        pr[rep] = p.rate;
+        p5[rep] = p.p50;
+        p9[rep] = p.p99;
+    }
+    stat3 a = stats(pr, reps), b = stats(p5, reps), c = stats(p9, reps);
+    printf("lam pulls (GET /hyper, 4 clients): %.0f [%.0f-%.0f] /s  p50 %.2f ms  p99 %.2f ms  (goal >= 5000/s: %s)\n",
+           a.med, a.lo, a.hi, b.med, c.med, a.med >= 5000 ? "met" : "NOT met");
     free(body);
     hdc_stop(&dur, SIGTERM);
-    hdc_stop(&flo, SIGTERM);
+    if (!durable_only) hdc_stop(&flo, SIGTERM);
     hdc_cleanup(&dur);
     hdc_cleanup(&flo);
     curl_global_cleanup();
+    if (!ok) fprintf(stderr, "some requests failed\n");
     return ok ? 0 : 1;
 }
