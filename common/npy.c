@@ -5,6 +5,8 @@
  * by byte in little-endian order, so the code is correct on any host. */
 #include "npy.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
@@ -612,29 +614,9 @@ hd_rc npy_decode_into(const uint8_t *buf, size_t len, npy_dtype *dtype_out, size
 
 /* ---- files -------------------------------------------------------------- */
 
-/* errno text without the thread-unsafe strerror(). Relies on the XSI
- * strerror_r, which glibc provides when _GNU_SOURCE is not defined. */
-static const char *errno_text(int e, char *buf, size_t cap) {
-    if (strerror_r(e, buf, cap) != 0) snprintf(buf, cap, "errno %d", e);
-    return buf;
-}
-
 static hd_rc io_fail(hd_err *err, hd_rc code, const char *what, const char *path, int e) {
     char et[128];
-    return hd_err_set(err, code, "npy: %s %s: %s", what, path, errno_text(e, et, sizeof et));
-}
-
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return hd_err_set(err, code, "npy: %s %s: %s", what, path, fileio_errno_text(e, et, sizeof et));
 }
 
 /* pread n bytes at off; *got < n only at end of file. */
@@ -653,87 +635,19 @@ static int read_at(int fd, size_t off, uint8_t *p, size_t n, size_t *got) {
     return 0;
 }
 
-/* Create a fresh temporary file next to path (O_EXCL, so nothing is ever
- * clobbered). The name mixes pid, clock and a stack address so that threads
- * and processes writing the same path do not collide. */
-static hd_rc open_temp(const char *path, char *tmp, size_t cap, int *fd_out, hd_err *err) {
-    for (unsigned attempt = 0; attempt < 100; attempt++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        unsigned long long salt = (unsigned long long)ts.tv_nsec ^
-                                  ((unsigned long long)ts.tv_sec << 30) ^
-                                  (unsigned long long)(uintptr_t)&ts ^ attempt;
-        snprintf(tmp, cap, "%s.tmp.%ld.%llx", path, (long)getpid(), salt);
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            *fd_out = fd;
-            return HD_OK;
-        }
-        if (errno != EEXIST) return io_fail(err, HD_EIO, "create temporary for", path, errno);
-    }
-    return hd_err_set(err, HD_EIO, "npy: could not create a unique temporary file for %s", path);
-}
-
-/* Make the rename durable; best effort, since the data itself is synced. */
-static void sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = NULL;
-    if (slash) {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        dir = malloc(n + 1);
-        if (!dir) return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 hd_rc npy_save(const char *path, npy_dtype dtype, size_t ndim, const size_t *shape,
                const double *data, hd_err *err) {
     uint8_t *img = NULL;
     size_t img_len = 0;
-    int fd = -1;
     hd_rc rc = npy_encode(dtype, ndim, shape, data, &img, &img_len, err);
     if (rc != HD_OK) return rc;
-    size_t cap = strlen(path) + 48;
-    char *tmp = malloc(cap);
-    if (!tmp) {
-        rc = hd_err_set(err, HD_ENOMEM, "npy: out of memory saving %s", path);
-        goto free_img;
+    fileio_atomic a;
+    if ((rc = fileio_atomic_open(&a, "npy", path, err)) == HD_OK) {
+        if ((rc = fileio_atomic_write(&a, img, img_len, err)) == HD_OK)
+            rc = fileio_atomic_commit(&a, err);
+        else
+            fileio_atomic_abort(&a);
     }
-    if ((rc = open_temp(path, tmp, cap, &fd, err)) != HD_OK) goto free_tmp;
-    if (write_all(fd, img, img_len) != 0) {
-        rc = io_fail(err, HD_EIO, "write", tmp, errno);
-        goto close_fd;
-    }
-    if (fsync(fd) != 0) {
-        rc = io_fail(err, HD_EIO, "fsync", tmp, errno);
-        goto close_fd;
-    }
-    int crc = close(fd);
-    fd = -1;
-    if (crc != 0) {
-        rc = io_fail(err, HD_EIO, "close", tmp, errno);
-        goto unlink_tmp;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = io_fail(err, HD_EIO, "rename to", path, errno);
-        goto unlink_tmp;
-    }
-    sync_parent_dir(path);
-    goto free_tmp;
-close_fd:
-    close(fd);
-unlink_tmp:
-    unlink(tmp);
-free_tmp:
-    free(tmp);
-free_img:
     free(img);
     return rc;
 }

@@ -7,6 +7,8 @@
  * does, minus the zip64 extras it does not need below 4 GiB. */
 #include "npz.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -115,15 +117,9 @@ static void wr32(uint8_t *p, uint32_t v) {
 
 /* ---- shared file helpers ------------------------------------------------ */
 
-/* errno text without the thread-unsafe strerror() (XSI strerror_r). */
-static const char *errno_text(int e, char *buf, size_t cap) {
-    if (strerror_r(e, buf, cap) != 0) snprintf(buf, cap, "errno %d", e);
-    return buf;
-}
-
 static hd_rc io_fail(hd_err *err, const char *what, const char *path, int e) {
     char et[128];
-    return hd_err_set(err, HD_EIO, "npz: %s %s: %s", what, path, errno_text(e, et, sizeof et));
+    return hd_err_set(err, HD_EIO, "npz: %s %s: %s", what, path, fileio_errno_text(e, et, sizeof et));
 }
 
 /* Quote a name from the archive safely in a one-line message: printable
@@ -642,19 +638,6 @@ typedef struct {
     uint32_t offset; /* offset of the local header */
 } written;
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int cmp_cstr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -756,8 +739,8 @@ static hd_rc write_member(int fd, const char *tmp, const npz_member *m, uint64_t
     w->offset = (uint32_t)*off;
     uint8_t lh[LOCAL_LEN];
     local_header(lh, w->crc, w->size, nlen + 4);
-    if (write_all(fd, lh, sizeof lh) != 0 || write_all(fd, (const uint8_t *)m->name, nlen) != 0 ||
-        write_all(fd, (const uint8_t *)".npy", 4) != 0 || write_all(fd, img, img_len) != 0)
+    if (fileio_write_all(fd, lh, sizeof lh) != 0 || fileio_write_all(fd, (const uint8_t *)m->name, nlen) != 0 ||
+        fileio_write_all(fd, (const uint8_t *)".npy", 4) != 0 || fileio_write_all(fd, img, img_len) != 0)
         rc = io_fail(err, "write", tmp, errno);
     *off += LOCAL_LEN + nlen + 4 + img_len;
     free(img);
@@ -777,9 +760,9 @@ static hd_rc write_archive(int fd, const char *tmp, size_t count, const npz_memb
         size_t nlen = strlen(m[i].name);
         uint8_t ch[CENTRAL_LEN];
         central_header(ch, &w[i], nlen + 4);
-        if (write_all(fd, ch, sizeof ch) != 0 ||
-            write_all(fd, (const uint8_t *)m[i].name, nlen) != 0 ||
-            write_all(fd, (const uint8_t *)".npy", 4) != 0)
+        if (fileio_write_all(fd, ch, sizeof ch) != 0 ||
+            fileio_write_all(fd, (const uint8_t *)m[i].name, nlen) != 0 ||
+            fileio_write_all(fd, (const uint8_t *)".npy", 4) != 0)
             rc = io_fail(err, "write", tmp, errno);
         off += CENTRAL_LEN + nlen + 4;
     }
@@ -792,49 +775,10 @@ static hd_rc write_archive(int fd, const char *tmp, size_t count, const npz_memb
         wr16(eocd + 10, (unsigned)count);
         wr32(eocd + 12, (uint32_t)(off - cd_off));
         wr32(eocd + 16, (uint32_t)cd_off);
-        if (write_all(fd, eocd, sizeof eocd) != 0) rc = io_fail(err, "write", tmp, errno);
+        if (fileio_write_all(fd, eocd, sizeof eocd) != 0) rc = io_fail(err, "write", tmp, errno);
     }
     free(w);
     return rc;
-}
-
-/* Create a fresh temporary file next to path (O_EXCL: nothing is clobbered);
- * pid, clock and a stack address keep concurrent writers apart. */
-static hd_rc open_temp(const char *path, char *tmp, size_t cap, int *fd_out, hd_err *err) {
-    for (unsigned attempt = 0; attempt < 100; attempt++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        unsigned long long salt = (unsigned long long)ts.tv_nsec ^
-                                  ((unsigned long long)ts.tv_sec << 30) ^
-                                  (unsigned long long)(uintptr_t)&ts ^ attempt;
-        snprintf(tmp, cap, "%s.tmp.%ld.%llx", path, (long)getpid(), salt);
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            *fd_out = fd;
-            return HD_OK;
-        }
-        if (errno != EEXIST) return io_fail(err, "create temporary for", path, errno);
-    }
-    return hd_err_set(err, HD_EIO, "npz: could not create a unique temporary file for %s", path);
-}
-
-/* Make the rename durable; best effort, since the data itself is synced. */
-static void sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = NULL;
-    if (slash) {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        dir = malloc(n + 1);
-        if (!dir) return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
 }
 
 hd_rc npz_save(const char *path, size_t count, const npz_member *members, hd_err *err) {
@@ -842,33 +786,11 @@ hd_rc npz_save(const char *path, size_t count, const npz_member *members, hd_err
         return hd_err_set(err, HD_EINVAL, "npz save: NULL argument");
     hd_rc rc = plan_archive(count, members, err);
     if (rc != HD_OK) return rc;
-    int fd = -1;
-    size_t cap = strlen(path) + 48;
-    char *tmp = malloc(cap);
-    if (!tmp) return hd_err_set(err, HD_ENOMEM, "npz save: out of memory saving %s", path);
-    if ((rc = open_temp(path, tmp, cap, &fd, err)) != HD_OK) goto free_tmp;
-    if ((rc = write_archive(fd, tmp, count, members, err)) != HD_OK) goto close_fd;
-    if (fsync(fd) != 0) {
-        rc = io_fail(err, "fsync", tmp, errno);
-        goto close_fd;
+    fileio_atomic a;
+    if ((rc = fileio_atomic_open(&a, "npz", path, err)) != HD_OK) return rc;
+    if ((rc = write_archive(a.fd, a.tmp, count, members, err)) != HD_OK) {
+        fileio_atomic_abort(&a);
+        return rc;
     }
-    int crc = close(fd);
-    fd = -1;
-    if (crc != 0) {
-        rc = io_fail(err, "close", tmp, errno);
-        goto unlink_tmp;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = io_fail(err, "rename to", path, errno);
-        goto unlink_tmp;
-    }
-    sync_parent_dir(path);
-    goto free_tmp;
-close_fd:
-    close(fd);
-unlink_tmp:
-    unlink(tmp);
-free_tmp:
-    free(tmp);
-    return rc;
+    return fileio_atomic_commit(&a, err);
 }
