@@ -1,12 +1,13 @@
 #!/bin/sh
-# Runs every test binary under $BUILD/tests and every tests/*/test_*.sh script,
+# Runs every test binary under $BUILD/tests and every tests/*/test_*.sh script
+# (but tests/slurm/, which brings up a Slurm cluster: `make test-slurm`),
 # prints one line per test and a closing "N passed, N failed" line.
 BUILD=${BUILD:-build}
 export BUILD
 passed=0
 failed=0
 failed_names=""
-for t in $(find "$BUILD/tests" -type f -perm -u+x 2>/dev/null | sort) $(ls tests/*/test_*.sh 2>/dev/null | sort); do
+for t in $(find "$BUILD/tests" -type f -perm -u+x 2>/dev/null | sort) $(ls tests/*/test_*.sh 2>/dev/null | grep -v '^tests/slurm/' | sort); do
     name=${t#"$BUILD/"}
     start=$(date +%s)
     case "$t" in
