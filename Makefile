@@ -159,3 +159,11 @@ $(BUILD)/gen/dashboard_html.c: server/assets/dashboard.html server/assets/embed.
 $(BUILD)/gen/dashboard_html.o: $(BUILD)/gen/dashboard_html.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 $(LIBSERVER): $(BUILD)/gen/dashboard_html.o
+
+# The Slurm path for real (tests/slurm/test_slurm.sh): as root, installs
+# slurm-wlm and munge when missing, starts a one-node Slurm cluster on
+# localhost and runs deploy/slurm/hdworker-array.sbatch as two workers.
+.PHONY: test-slurm
+test-slurm: deps
+	@$(MAKE) --no-print-directory $(BUILD)/hdserver $(BUILD)/hdworker
+	@BUILD=$(BUILD) sh tests/slurm/test_slurm.sh

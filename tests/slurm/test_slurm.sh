@@ -4,30 +4,25 @@
 # hdserver, and the two workers finish a small sync run.
 #
 #   make test-slurm          (builds build/hdserver and build/hdworker, then runs this)
-#   HD_TEST_SLURM=1 BUILD=build sh tests/slurm/test_slurm.sh
+#   BUILD=build sh tests/slurm/test_slurm.sh
 #
 # Needs root: it installs slurm-wlm and munge with apt-get when they are
 # missing (service start-up during the install is suppressed), starts its own
 # munged (as the munge user, with its own key and socket), slurmctld and slurmd
 # (with their own slurm.conf, ports, spool and state directories) and hdserver,
-# all under one temporary directory. Nothing under /etc is changed and the
-# system's munge/Slurm daemons, if any, are not used. Everything this script
+# all under one temporary directory. Apart from the install, nothing under /etc
+# is changed and the system's munge/Slurm daemons, if any, are not used. Everything this script
 # starts is stopped on exit and the temporary directory removed, so it can be
 # run again at once.
 #
-# tests/run.sh (make test) runs every tests/*/test_*.sh: there this test only
-# prints SKIP, because it installs packages and starts system daemons; it runs
-# when HD_TEST_SLURM=1 (set by make test-slurm). Not root: SKIP.
+# Not root: prints SKIP and exits 0. tests/run.sh (make test) leaves this
+# test out; it runs from make test-slurm.
 #
 # Environment: BUILD (default build), HD_SLURM_TIMEOUT (seconds for the job
 # array to finish, default 180), HD_SLURM_KEEP=1 (keep the temporary directory).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 
-if [ "${HD_TEST_SLURM:-0}" != 1 ]; then
-    echo "SKIP test_slurm: set HD_TEST_SLURM=1 or run 'make test-slurm' (installs slurm-wlm and munge, starts daemons)"
-    exit 0
-fi
 if [ "$(id -u)" != 0 ]; then
     echo "SKIP test_slurm: needs root (installs packages, starts munged as the munge user and slurmd)"
     exit 0
@@ -37,6 +32,7 @@ BUILD=${BUILD:-build}
 case "$BUILD" in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 SBATCH_SCRIPT=$PWD/deploy/slurm/hdworker-array.sbatch
 JOB_TIMEOUT=${HD_SLURM_TIMEOUT:-180}
+KEEP=${HD_SLURM_KEEP:-0}
 for b in hdserver hdworker; do
     [ -x "$BUILD/$b" ] || { echo "FAIL test_slurm: $BUILD/$b is not built (make $BUILD/$b)"; exit 1; }
 done
@@ -44,7 +40,7 @@ done
 # A clean environment: no HD_* or SLURM_* settings of the caller reach the
 # daemons or the job (sbatch --export=ALL passes this environment on).
 for v in $(env | sed -n 's/^\(\(HD\|SLURM\)_[A-Za-z0-9_]*\)=.*/\1/p'); do
-    [ "$v" = HD_TEST_SLURM ] || unset "$v"
+    unset "$v"
 done
 
 T=""
@@ -110,8 +106,10 @@ cleanup() {
     [ -n "$POLICY_RC" ] && rm -f "$POLICY_RC"
     if [ -n "$T" ]; then
         if [ -n "$JOB" ] && [ -s "$T/slurm/slurmctld.pid" ]; then
-            scancel "$JOB" 2>/dev/null
-            wait_until 20 job_gone
+            if ! job_gone; then
+                scancel "$JOB" 2>/dev/null
+                wait_until 20 job_gone || say "job $JOB still in the queue 20 s after scancel"
+            fi
         fi
         # Stop slurmd first (it would re-register), then the controller.
         stop "$(pidfile "$T/slurm/slurmd.pid")" 10
@@ -128,7 +126,7 @@ cleanup() {
             stop "$p" 5
         done
         stop "$(pidfile "$T/munge/munged.pid")" 10
-        if [ "${HD_SLURM_KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
+        if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
     fi
     say "done in $(($(date +%s) - START)) s"
     exit "$STATUS"
@@ -181,8 +179,8 @@ mkdir -p "$T/slurm/spool" "$T/slurm/state" "$T/jobs" "$T/munge"
 
 # --- munge ------------------------------------------------------------------------
 # A key and socket of our own, so the test neither needs nor disturbs a
-# system munged. munged refuses to run as root and wants its socket
-# directory executable by all.
+# system munged. munged runs as the munge user, as the packaged service does,
+# and wants its socket directory executable by all.
 chown munge:munge "$T/munge"
 chmod 0711 "$T/munge"
 KEY=$T/munge/munge.key
@@ -250,6 +248,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MailProg=/bin/true
 MinJobAge=600
+KillWait=10
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -269,9 +268,11 @@ SERVER_PID=$!
 wait_until 10 test -s "$T/port" || fail "hdserver did not start"
 URL="http://127.0.0.1:$(cat "$T/port")"
 
-# jget KEY JSON: the first number or string value of "KEY" in a JSON text.
+# jget KEY JSON: the value (number, string or null) of the first "KEY" in a
+# JSON text; the run's own fields come before those of its leases.
 jget() {
-    printf '%s' "$2" | sed -n "s/.*\"$1\": *\(\"[^\"]*\"\|[-0-9.eE+]*\|null\).*/\1/p" | head -n 1 | tr -d '"'
+    printf '%s' "$2" | grep -o "\"$1\": *\(\"[^\"]*\"\|[-0-9.eE+]*\|null\)" | head -n 1 |
+        sed 's/^"[^"]*": *//' | tr -d '"'
 }
 api() { curl -s -H "Authorization: Bearer $ADMIN" "$@"; }
 
@@ -290,7 +291,7 @@ WTOKEN=$(jget worker_token "$r")
 # Paused until both array tasks have registered: then each one surely gets
 # work, however far apart Slurm starts them.
 r=$(api -X POST "$URL/v1/runs/$RUN/pause")
-[ "$(jget state "$(api "$URL/v1/runs/$RUN")")" = paused ] || fail "could not pause run $RUN: $r"
+[ "$(jget state "$r")" = paused ] || fail "could not pause run $RUN: $r"
 pass "hdserver on $URL: run $RUN created (sinusoid 1-40-40-1, T 10, B 4, 3 episodes, sync), paused"
 
 # --- the batch script ---------------------------------------------------------------------
@@ -313,7 +314,7 @@ wait_until 60 registered_or_gone || fail "the workers did not register within 60
 registered || fail "job $JOB ended before both workers registered"
 pass "both array tasks started a worker: slurm-$JOB-0 and slurm-$JOB-1 registered with run $RUN ($(squeue -h -j "$JOB" -o '%i %T' | tr '\n' ' '))"
 r=$(api -X POST "$URL/v1/runs/$RUN/resume")
-[ "$(jget state "$(api "$URL/v1/runs/$RUN")")" = running ] || fail "could not resume run $RUN: $r"
+[ "$(jget state "$r")" = running ] || fail "could not resume run $RUN: $r"
 
 t0=$(date +%s)
 wait_until "$JOB_TIMEOUT" job_gone || fail "job $JOB still in the queue after $JOB_TIMEOUT s: $(squeue -j "$JOB" 2>&1)"
