@@ -968,19 +968,41 @@ static void alog_checkpoint(engine_run *r) {
     r->lam_dirty = 1;
     store_op *head = NULL, *tail = NULL;
     int ok = 1;
-    char body[128];
+    /* One idem_steps row per (lease, episode) with all its answers: one
+     * insert instead of one per post (three b-trees each). */
+    unsigned char *done = calloc((size_t)(r->nalog ? r->nalog : 1), 1);
+    if (!done) ok = 0;
     for (int i = 0; i < r->nalog && ok; i++) {
+        if (done[i]) continue;
         const alog_t *a = &r->alog[i];
-        step_body(body, sizeof body, a->version);
-        store_op *op = idem_op(r, a->lease, a->episode, STORE_IDEM_STEP, a->t, body);
-        if (!op) {
+        int cnt = 0;
+        for (int j = i; j < r->nalog; j++)
+            cnt += !done[j] && r->alog[j].episode == a->episode && strcmp(r->alog[j].lease, a->lease) == 0;
+        store_op *op = store_op_new(STORE_OP_IDEM_STEPS_PUT, r->id);
+        int64_t *pairs = op ? malloc((size_t)cnt * 2 * sizeof *pairs) : NULL;
+        if (op) op->key = strdup(a->lease);
+        if (!op || !pairs || !op->key) {
+            free(pairs);
+            store_op_free(op);
             ok = 0;
             break;
         }
+        int k = 0;
+        for (int j = i; j < r->nalog; j++) {
+            if (done[j] || r->alog[j].episode != a->episode || strcmp(r->alog[j].lease, a->lease) != 0) continue;
+            done[j] = 1;
+            pairs[2 * k] = r->alog[j].t;
+            pairs[2 * k + 1] = r->alog[j].version;
+            k++;
+        }
+        op->i[0] = a->episode;
+        op->raw = (uint8_t *)pairs;
+        op->raw_len = (size_t)cnt * 2 * sizeof *pairs;
         if (tail) tail->next = op;
         else head = op;
         tail = op;
     }
+    free(done);
     /* POSTS_PRUNE drops the rows an older server logged in posts; the ring
      * of async_log needs no prune (a row older than the stored lam is dead
      * and its slot is reused). */
@@ -2852,6 +2874,24 @@ static hd_rc load_idem(void *ctx, const store_row *row, hd_err *err) {
     return HD_OK;
 }
 
+/* Async step answers stored in a batch (idem_steps): pairs (t, version). */
+static hd_rc load_idem_steps(void *ctx, const store_row *row, hd_err *err) {
+    engine_run *r = ctx;
+    if (row->b1_len % (2 * sizeof(int64_t)) != 0)
+        return hd_err_set(err, HD_EDB, "run %lld: bad step answers row", (long long)r->id);
+    const uint8_t *b = row->b1;
+    char body[128];
+    for (size_t off = 0; off < row->b1_len; off += 2 * sizeof(int64_t)) {
+        int64_t t, v;
+        memcpy(&t, b + off, sizeof t);
+        memcpy(&v, b + off + sizeof t, sizeof v);
+        step_body(body, sizeof body, v);
+        if (idem_remember(r, row->t1 ? row->t1 : "", (int)row->i[0], STORE_IDEM_STEP, t, body) != HD_OK)
+            return hd_err_set(err, HD_ENOMEM, "out of memory");
+    }
+    return HD_OK;
+}
+
 static hd_rc load_samples(void *ctx, const store_row *row, hd_err *err) {
     engine_run *r = ctx;
     int ep = (int)row->i[0], b = (int)row->i[1];
@@ -3024,6 +3064,7 @@ static hd_rc load_run(void *ctx, const store_row *row, hd_err *err) {
     r->blob_time = srvutil_mono();
     if ((rc = store_load(lc->st, STORE_T_FINALS, r->id, load_final, r, err)) != HD_OK ||
         (rc = store_load(lc->st, STORE_T_IDEM, r->id, load_idem, r, err)) != HD_OK ||
+        (rc = store_load(lc->st, STORE_T_IDEM_STEPS, r->id, load_idem_steps, r, err)) != HD_OK ||
         (rc = store_load(lc->st, STORE_T_SAMPLES, r->id, load_samples, r, err)) != HD_OK ||
         (rc = store_load(lc->st, STORE_T_METRICS, r->id, load_metrics, r, err)) != HD_OK)
         goto fail;

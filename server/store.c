@@ -21,6 +21,7 @@
 enum {
     S_RUN_INSERT,
     S_RUN_HOT,
+    S_RUN_HOT_UPD,
     S_RUN_HOT_PHI,
     S_RUN_STATE,
     S_LAM_PUT,
@@ -39,6 +40,8 @@ enum {
     S_ALOG_UPDATE,
     S_ALOG_INSERT,
     S_ALOG_CLEAR,
+    S_IDEM_STEPS_PUT,
+    S_IDEM_STEPS_PRUNE,
     S_COUNT
 };
 
@@ -51,6 +54,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_RUN_INSERT] = "INSERT INTO runs (id, created_at, spec, worker_token, n_lam, n_w) "
                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_RUN_HOT] = "INSERT OR REPLACE INTO run_lam (run, lam, opt_m, opt_v) VALUES (?1, ?3, ?4, ?5)",
+    /* Same-size rewrite in place (no page freed or allocated), as for the
+     * async log; the INSERT above only creates the row. */
+    [S_RUN_HOT_UPD] = "UPDATE run_lam SET lam = ?3, opt_m = ?4, opt_v = ?5 WHERE run = ?1",
     [S_RUN_HOT_PHI] = "INSERT OR REPLACE INTO run_phi (run, phi) VALUES (?1, ?2)",
     [S_RUN_STATE] = "INSERT OR REPLACE INTO run_state (run, state, updated_at) VALUES (?1, ?2, ?3)",
     [S_LAM_PUT] = "INSERT OR REPLACE INTO lam_hist (run, version, lam) VALUES (?1, ?2, ?3)",
@@ -79,6 +85,8 @@ static const char *const stmt_sql[S_COUNT] = {
                       "lease, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     /* A rowid range: no index, no scan of other runs' rows. */
     [S_ALOG_CLEAR] = "DELETE FROM async_log WHERE id >= ?1 AND id <= ?2",
+    [S_IDEM_STEPS_PUT] = "INSERT INTO idem_steps (run, episode, lease, steps) VALUES (?1, ?2, ?3, ?4)",
+    [S_IDEM_STEPS_PRUNE] = "DELETE FROM idem_steps WHERE run = ?1 AND episode < ?2",
 };
 
 static const char *const load_sql[] = {
@@ -97,6 +105,7 @@ static const char *const load_sql[] = {
     [STORE_T_LEASES] = "SELECT lease_id, row FROM leases WHERE run = ?1 ORDER BY rowid",
     [STORE_T_ALOG] = "SELECT episode, t, first_slot, k, version, used_version, lease, data FROM async_log "
                      "WHERE id >= ?1 AND id <= ?2 ORDER BY version",
+    [STORE_T_IDEM_STEPS] = "SELECT episode, lease, steps FROM idem_steps WHERE run = ?1 ORDER BY rowid",
 };
 
 /* WAL checkpoints (docs/STORAGE.md). The WAL hook (run by the writer after
@@ -449,11 +458,24 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         bind_text(s, 6, op->key);
         bind_text(s, 7, op->text);
         return run_stmt(st, s, "insert idempotency record", err);
-    case STORE_OP_IDEM_PRUNE:
+    case STORE_OP_IDEM_STEPS_PUT:
+        s = st->st[S_IDEM_STEPS_PUT];
+        sqlite3_bind_int64(s, 1, op->run);
+        sqlite3_bind_int64(s, 2, op->i[0]);
+        bind_text(s, 3, op->key);
+        sqlite3_bind_blob64(s, 4, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
+        return run_stmt(st, s, "insert step answers", err);
+    case STORE_OP_IDEM_PRUNE: {
+        s = st->st[S_IDEM_STEPS_PRUNE];
+        sqlite3_bind_int64(s, 1, op->run);
+        sqlite3_bind_int64(s, 2, op->i[0]);
+        hd_rc rc = run_stmt(st, s, "prune step answers", err);
+        if (rc != HD_OK) return rc;
         s = st->st[S_IDEM_PRUNE];
         sqlite3_bind_int64(s, 1, op->run);
         sqlite3_bind_int64(s, 2, op->i[0]);
         return run_stmt(st, s, "prune idempotency records", err);
+    }
     case STORE_OP_SAMPLES_PUT:
         s = st->st[S_SAMPLES_PUT];
         sqlite3_bind_int64(s, 1, op->run);
@@ -497,13 +519,14 @@ static hd_rc write_hot(store_t *st, const store_hot *h, hd_err *err) {
         sqlite3_bind_double(s, 3, now_unix());
         rc = run_stmt(st, s, "update run state", err);
     }
-    if (rc == HD_OK && h->lam) {
-        s = st->st[S_RUN_HOT];
+    for (int pass = 0; rc == HD_OK && h->lam && pass < 2; pass++) {
+        s = st->st[pass ? S_RUN_HOT : S_RUN_HOT_UPD];
         sqlite3_bind_int64(s, 1, h->run);
         bind_vec(s, 3, h->lam, h->n_lam);
         bind_vec(s, 4, h->opt_m, h->n_lam);
         bind_vec(s, 5, h->opt_v, h->n_lam);
         rc = run_stmt(st, s, "update run lam", err);
+        if (rc == HD_OK && sqlite3_changes(st->db) > 0) break;
     }
     if (rc == HD_OK && h->phi) {
         s = st->st[S_RUN_HOT_PHI];
@@ -539,7 +562,7 @@ static void col_blob(sqlite3_stmt *q, int c, const void **p, size_t *n) {
 
 hd_rc store_load(store_t *st, store_table tbl, int64_t run, store_row_cb cb, void *ctx,
                  hd_err *err) {
-    if ((int)tbl < 0 || tbl > STORE_T_ALOG)
+    if ((int)tbl < 0 || tbl > STORE_T_IDEM_STEPS)
         return hd_err_set(err, HD_EINVAL, "store_load: bad table %d", (int)tbl);
     if (tbl == STORE_T_ALOG && (run < 0 || run > ALOG_RUN_MAX))
         return hd_err_set(err, HD_EINVAL, "store_load: run %lld out of range", (long long)run);
@@ -607,6 +630,11 @@ hd_rc store_load(store_t *st, store_table tbl, int64_t run, store_row_cb cb, voi
             for (int k = 0; k < 6; k++) row.i[k] = sqlite3_column_int64(q, k);
             row.t1 = col_text(q, 6);
             col_blob(q, 7, &row.b1, &row.b1_len);
+            break;
+        case STORE_T_IDEM_STEPS:
+            row.i[0] = sqlite3_column_int64(q, 0);
+            row.t1 = col_text(q, 1);
+            col_blob(q, 2, &row.b1, &row.b1_len);
             break;
         }
         if ((rc = cb(ctx, &row, err)) != HD_OK) break;

@@ -38,7 +38,7 @@ typedef enum {
     STORE_OP_FINAL_PUT,      /* i[0]=episode i[1]=slot data=w */
     STORE_OP_FINALS_DELETE,  /* i[0]=episode */
     STORE_OP_IDEM_PUT,       /* i[0]=episode i[1]=kind i[2]=key i[3]=status key=lease text=body */
-    STORE_OP_IDEM_PRUNE,     /* delete records of episodes < i[0] */
+    STORE_OP_IDEM_PRUNE,     /* delete records (idem and idem_steps) of episodes < i[0] */
     STORE_OP_SAMPLES_PUT,    /* i[0]=episode i[1]=slot data=x data2=y */
     STORE_OP_METRICS_PUT,    /* i[0]=episode text=row JSON */
     STORE_OP_WORKER_PUT,     /* key=worker_id text=row JSON */
@@ -50,7 +50,9 @@ typedef enum {
                                 bytes) or data (f8); written to ring slot i[4] % STORE_ALOG_RING
                                 of the run, overwriting the post of version i[4] - RING, which the
                                 caller guarantees is in a stored lam already */
-    STORE_OP_ALOG_CLEAR      /* delete the run's async log (the run finished) */
+    STORE_OP_ALOG_CLEAR,     /* delete the run's async log (the run finished) */
+    STORE_OP_IDEM_STEPS_PUT  /* async step answers of one lease: i[0]=episode key=lease,
+                                raw = pairs of int64 (t, lam_version) */
 } store_op_kind;
 
 /* Slots of a run's async post log (a ring: see STORE_OP_ALOG_PUT). */
@@ -130,10 +132,11 @@ typedef enum {
     STORE_T_METRICS,  /* i: episode; t1 row */
     STORE_T_WORKERS,  /* t1 worker_id t2 row */
     STORE_T_LEASES,   /* t1 lease_id t2 row */
-    STORE_T_ALOG      /* async post log: i: episode t first_slot k version used; t1 lease;
+    STORE_T_ALOG,     /* async post log: i: episode t first_slot k version used; t1 lease;
                          b1 data (float32 when the run's wire dtype is f4, else float64);
                          ordered by version; rows older than the stored lam are still
                          there (ring slots not overwritten yet): skip them */
+    STORE_T_IDEM_STEPS /* i: episode; t1 lease; b1 pairs of int64 (t, lam_version) */
 } store_table;
 
 /* One row as seen by a loader callback; every pointer is borrowed and valid

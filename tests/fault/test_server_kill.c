@@ -6,7 +6,14 @@
  * the worker re-sends the request it was making (every write is
  * idempotent). At the end the final lam, phi and theta equal the local
  * single-process run to 1e-9 relative, and the number of accepted posts is
- * exactly M*T*B (none lost, none applied twice). */
+ * exactly M*T*B (none lost, none applied twice).
+ *
+ * Then the async post log (docs/STORAGE.md): 600 posts on one lease cross
+ * two lam snapshots and wrap the 512-slot ring; after a SIGKILL right after
+ * the last acknowledged post, repeated posts (old ones whose idempotency
+ * rows were written at a snapshot, recent ones only in the log) get their
+ * original answers and change nothing, lam is bit-identical to the one
+ * published before the kill, and the post counter is exact. */
 #include <pthread.h>
 
 #include "../integ/simworker.h"
@@ -22,6 +29,12 @@ static const char *spec_async =
     "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,32,32,1],\"hyper_layers\":2},"
     "\"inner\":{\"steps\":20},\"method\":{\"name\":\"onestep\"},\"episodes\":3,\"meta_batch\":2,"
     "\"mode\":\"async\",\"max_staleness\":1000,\"wire_dtype\":\"f4\","
+    "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
+
+static const char *spec_alog =
+    "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,32,32,1],\"hyper_layers\":2},"
+    "\"inner\":{\"steps\":1000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":2,"
+    "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f4\","
     "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
 
 static long kill_base = -1; /* async phase: kill points relative to this request */
@@ -81,6 +94,118 @@ static void *killer(void *arg) {
         pthread_mutex_unlock(&mu);
     }
     return NULL;
+}
+
+#define ALOG_POSTS 600
+
+/* POST step t of lease on run (body: a deterministic f4 gradient of n
+ * values); returns the status and the answer's lam_version in *v. */
+static long alog_post(hdc_conn *c, const char *lease, const char *token, long t, long long used, size_t n,
+                      long long *v, char *body_out, size_t cap) {
+    double *g = malloc(n * sizeof *g);
+    if (!g) return 0;
+    for (size_t i = 0; i < n; i++) g[i] = 1e-4 * (double)((long)((size_t)t * 31 + i * 17) % 101 - 50);
+    uint8_t *npy = NULL;
+    size_t len = 0, shape[1] = {n};
+    npy_encode(NPY_F32, 1, shape, g, &npy, &len, NULL);
+    free(g);
+    char url[512];
+    snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", srv.base, lease, t, used);
+    hdc_resp r;
+    long st = hdc_req(c, "POST", url, token, npy, len, "Content-Type: application/octet-stream", &r);
+    free(npy);
+    *v = hdc_json_int(r.body, "lam_version", -1);
+    if (body_out) snprintf(body_out, cap, "%s", r.body);
+    hdc_resp_free(&r);
+    return st;
+}
+
+static void async_log_idempotency(void) {
+    hdc_conn c;
+    hdc_conn_init(&c);
+    char url[512], token[160], wid[64], lease[64], body[256];
+    hdc_resp r;
+    snprintf(url, sizeof url, "%s/v1/runs", srv.base);
+    hdc_req(&c, "POST", url, HDC_ADMIN, spec_alog, strlen(spec_alog), NULL, &r);
+    CHECK_EQ_INT(r.status, 201);
+    long long run = hdc_json_int(r.body, "id", -1);
+    hdc_json_str(r.body, "worker_token", token, sizeof token);
+    hdc_resp_free(&r);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/workers", srv.base, run);
+    hdc_req(&c, "POST", url, token, "{}", 2, NULL, &r);
+    hdc_json_str(r.body, "worker_id", wid, sizeof wid);
+    hdc_resp_free(&r);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/lease", srv.base, run);
+    snprintf(body, sizeof body, "{\"worker_id\":\"%s\",\"max_slots\":1}", wid);
+    hdc_req(&c, "POST", url, token, body, strlen(body), NULL, &r);
+    CHECK_EQ_INT(r.status, 200);
+    hdc_json_str(r.body, "lease_id", lease, sizeof lease);
+    size_t n = (size_t)hdc_json_int(r.body, "n_lam", 0);
+    hdc_resp_free(&r);
+    CHECK(n > 0);
+    static long long ans[ALOG_POSTS + 2];
+    static char ans_body[ALOG_POSTS + 2][96];
+    long long used = 0;
+    int ok = 1;
+    for (long t = 1; t <= ALOG_POSTS && ok; t++) {
+        ok = alog_post(&c, lease, token, t, used, n, &ans[t], ans_body[t], sizeof ans_body[t]) == 200;
+        used = ans[t];
+    }
+    CHECK_MSG(ok, "async log: a first post failed");
+    CHECK_EQ_INT(ans[ALOG_POSTS], ALOG_POSTS);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/hyper", srv.base, run);
+    hdc_req(&c, "GET", url, token, NULL, 0, NULL, &r);
+    char *lam_before = malloc(r.len ? r.len : 1);
+    size_t lam_len = r.len;
+    if (lam_before) memcpy(lam_before, r.body, r.len);
+    hdc_resp_free(&r);
+
+    /* SIGKILL right after the last acknowledged post, then restart. */
+    hdc_conn_clear(&c);
+    pthread_mutex_lock(&mu);
+    hdc_stop(&srv, SIGKILL);
+    CHECK_EQ_INT(hdc_start(&srv), 0);
+    pthread_mutex_unlock(&mu);
+    hdc_conn_init(&c);
+    static const long again[] = {1, 2, 255, 256, 257, 300, 511, 512, 513, 599, 600};
+    for (size_t i = 0; i < sizeof again / sizeof again[0]; i++) {
+        long t = again[i];
+        long long v;
+        char b[96];
+        CHECK_EQ_INT(alog_post(&c, lease, token, t, ans[t] - 1, n, &v, b, sizeof b), 200);
+        CHECK_MSG(strcmp(b, ans_body[t]) == 0, "repeated post t=%ld: answer %s, first answer %s", t, b, ans_body[t]);
+    }
+    snprintf(url, sizeof url, "%s/v1/runs/%lld", srv.base, run);
+    hdc_req(&c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
+    CHECK_EQ_INT(hdc_json_int(r.body, "posts", -1), ALOG_POSTS);
+    CHECK_EQ_INT(hdc_json_int(r.body, "lam_version", -1), ALOG_POSTS);
+    CHECK_EQ_INT(hdc_json_int(r.body, "outer_steps", -1), ALOG_POSTS);
+    hdc_resp_free(&r);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/hyper", srv.base, run);
+    hdc_req(&c, "GET", url, token, NULL, 0, NULL, &r);
+    CHECK(lam_before && r.len == lam_len && memcmp(r.body, lam_before, lam_len) == 0);
+    hdc_resp_free(&r);
+    free(lam_before);
+    /* The run goes on where it stopped; the new post survives a kill too. */
+    long long v;
+    CHECK_EQ_INT(alog_post(&c, lease, token, ALOG_POSTS + 1, ALOG_POSTS, n, &v, ans_body[ALOG_POSTS + 1],
+                           sizeof ans_body[0]), 200);
+    CHECK_EQ_INT(v, ALOG_POSTS + 1);
+    hdc_conn_clear(&c);
+    pthread_mutex_lock(&mu);
+    hdc_stop(&srv, SIGKILL);
+    CHECK_EQ_INT(hdc_start(&srv), 0);
+    pthread_mutex_unlock(&mu);
+    hdc_conn_init(&c);
+    char b[96];
+    CHECK_EQ_INT(alog_post(&c, lease, token, ALOG_POSTS + 1, ALOG_POSTS, n, &v, b, sizeof b), 200);
+    CHECK(strcmp(b, ans_body[ALOG_POSTS + 1]) == 0);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld", srv.base, run);
+    hdc_req(&c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
+    CHECK_EQ_INT(hdc_json_int(r.body, "posts", -1), ALOG_POSTS + 1);
+    CHECK_EQ_INT(hdc_json_int(r.body, "lam_version", -1), ALOG_POSTS + 1);
+    hdc_resp_free(&r);
+    hdc_conn_clear(&c);
 }
 
 int main(void) {
@@ -192,6 +317,7 @@ int main(void) {
     free(lams[0]);
     free(lams[1]);
     fprintf(stderr, "after the async phase: kills fixed %d, restarts %d\n", kills_fixed, restarts);
+    async_log_idempotency();
     hdc_conn_clear(&c);
     hdc_stop(&srv, SIGTERM);
     if (check_failed_count == 0) hdc_cleanup(&srv);
