@@ -109,8 +109,9 @@ noopt:
 
 BANNED := strcpy|strcat|sprintf|vsprintf|gets|strtok|atoi|atol|atof|strncpy
 checksrc:
-	@if grep -nE '(^|[^_a-zA-Z0-9.>])($(BANNED))[[:space:]]*\(' common/*.[ch] server/*.[ch] worker/*.[ch] tests/*.h tests/*/*.c 2>/dev/null; then \
-	  echo "checksrc: banned function used"; exit 1; else echo "checksrc: ok"; fi
+	@if grep -nE '(^|[^_a-zA-Z0-9.>])($(BANNED))[[:space:]]*\(' common/*.[ch] server/*.[ch] worker/*.[ch] tests/*.h tests/*/*.[ch] 2>/dev/null; then \
+	  echo "checksrc: banned function used"; exit 1; fi
+	@clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h' | grep -v '^server/assets') && echo "checksrc: ok"
 
 bench-core: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_core

@@ -13,39 +13,39 @@
 #include "vec.h"
 
 struct episode {
-    mlp_t *m;               /* borrowed network (scratch shared) */
-    const inner_cfg *ic;    /* borrowed */
-    const method_cfg *mc;   /* borrowed */
-    int T;                  /* steps per episode */
-    int t;                  /* steps done */
-    int guard;              /* skip non-finite (or guard_loss-exceeding) steps */
-    double guard_loss;      /* > 0: also skip steps whose support loss after the step exceeds it */
-    size_t n_s, n_q;        /* support / query rows */
-    size_t nw, nl;          /* sizes of w and lam */
-    size_t wk;              /* width of the top lam layer (0 if no lam layers) */
-    size_t din;             /* input width */
+    mlp_t *m;             /* borrowed network (scratch shared) */
+    const inner_cfg *ic;  /* borrowed */
+    const method_cfg *mc; /* borrowed */
+    int T;                /* steps per episode */
+    int t;                /* steps done */
+    int guard;            /* skip non-finite (or guard_loss-exceeding) steps */
+    double guard_loss;    /* > 0: also skip steps whose support loss after the step exceeds it */
+    size_t n_s, n_q;      /* support / query rows */
+    size_t nw, nl;        /* sizes of w and lam */
+    size_t wk;            /* width of the top lam layer (0 if no lam layers) */
+    size_t din;           /* input width */
     const double *phi, *ys, *yq; /* borrowed init and targets */
-    double *xsq;            /* support rows then query rows, (n_s + n_q) x din */
-    mlp_feat_t *f;          /* features of xsq at the current lam */
-    size_t f_rows;          /* rows of xsq the cache holds (n_s or n_s + n_q) */
-    double *w, *v;          /* s_t */
-    double *wprev;          /* w_{t-1} (onestep) */
-    double *wstar;          /* hyperdistill distilled w*_t */
-    double *traj;           /* w_0 .. w_T, (T+1) x nw (rmd, drmad, estimation) */
-    double *aw, *av;        /* cotangents */
-    double *aw2, *av2;      /* next cotangents */
-    double *alpha;          /* dL_val/dw at the end point */
-    double *c;              /* the VJP direction c = a_v - eta a_w */
-    double *gw;             /* inner gradient */
-    double *gfo;            /* dL_val/dlam */
-    double *vt;             /* a VJP's lam block */
-    double *acc;            /* accumulated second-order term */
-    double *term, *psum;    /* Neumann series */
-    double *hw;             /* H_ww products */
-    double *pt;             /* an interpolated point */
-    double *wsave, *vsave;  /* state before a guarded step */
-    double *top;            /* cotangents on A_k: support rows then query rows */
-    double *top2;           /* one support block of cotangents on A_k */
+    double *xsq;                 /* support rows then query rows, (n_s + n_q) x din */
+    mlp_feat_t *f;               /* features of xsq at the current lam */
+    size_t f_rows;               /* rows of xsq the cache holds (n_s or n_s + n_q) */
+    double *w, *v;               /* s_t */
+    double *wprev;               /* w_{t-1} (onestep) */
+    double *wstar;               /* hyperdistill distilled w*_t */
+    double *traj;                /* w_0 .. w_T, (T+1) x nw (rmd, drmad, estimation) */
+    double *aw, *av;             /* cotangents */
+    double *aw2, *av2;           /* next cotangents */
+    double *alpha;               /* dL_val/dw at the end point */
+    double *c;                   /* the VJP direction c = a_v - eta a_w */
+    double *gw;                  /* inner gradient */
+    double *gfo;                 /* dL_val/dlam */
+    double *vt;                  /* a VJP's lam block */
+    double *acc;                 /* accumulated second-order term */
+    double *term, *psum;         /* Neumann series */
+    double *hw;                  /* H_ww products */
+    double *pt;                  /* an interpolated point */
+    double *wsave, *vsave;       /* state before a guarded step */
+    double *top;                 /* cotangents on A_k: support rows then query rows */
+    double *top2;                /* one support block of cotangents on A_k */
 };
 
 hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, size_t n_s,
@@ -70,9 +70,9 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
     e->wk = k ? mlp_width(m, k) : 0;
     size_t nw = e->nw, nl = e->nl ? e->nl : 1, wk = e->wk ? e->wk : 1;
     hd_rc rc = mlp_feat_new(m, n_s + n_q, &e->f, err);
-    double **bufs_w[] = {&e->w,  &e->v,  &e->wprev, &e->wstar, &e->aw,   &e->av,
-                         &e->aw2, &e->av2, &e->alpha, &e->c,    &e->gw,   &e->term,
-                         &e->psum, &e->hw, &e->pt,    &e->wsave, &e->vsave};
+    double **bufs_w[] = {&e->w,    &e->v,   &e->wprev, &e->wstar, &e->aw,   &e->av,
+                         &e->aw2,  &e->av2, &e->alpha, &e->c,     &e->gw,   &e->term,
+                         &e->psum, &e->hw,  &e->pt,    &e->wsave, &e->vsave};
     double **bufs_l[] = {&e->gfo, &e->vt, &e->acc};
     int fail = rc != HD_OK;
     for (size_t i = 0; i < sizeof bufs_w / sizeof *bufs_w; i++)
@@ -94,10 +94,9 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
 void episode_free(episode_t *e) {
     if (!e) return;
     mlp_feat_free(e->f);
-    double *all[] = {e->w,    e->v,     e->wprev, e->wstar, e->aw,    e->av,  e->aw2,
-                     e->av2,  e->alpha, e->c,     e->gw,    e->term,  e->psum, e->hw,
-                     e->pt,   e->wsave, e->vsave, e->gfo,   e->vt,    e->acc, e->xsq,
-                     e->top,  e->top2,  e->traj};
+    double *all[] = {e->w,     e->v,   e->wprev, e->wstar, e->aw,   e->av,  e->aw2,  e->av2,
+                     e->alpha, e->c,   e->gw,    e->term,  e->psum, e->hw,  e->pt,   e->wsave,
+                     e->vsave, e->gfo, e->vt,    e->acc,   e->xsq,  e->top, e->top2, e->traj};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
     free(e);
 }

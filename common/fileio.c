@@ -66,7 +66,8 @@ hd_rc fileio_atomic_open(fileio_atomic *a, const char *who, const char *path, hd
     }
     free(a->tmp);
     a->tmp = NULL;
-    return hd_err_set(err, HD_EIO, "%s: could not create a unique temporary file for %s", who, path);
+    return hd_err_set(err, HD_EIO, "%s: could not create a unique temporary file for %s", who,
+                      path);
 }
 
 hd_rc fileio_atomic_write(fileio_atomic *a, const void *p, size_t n, hd_err *err) {
@@ -110,8 +111,10 @@ hd_rc fileio_atomic_commit(fileio_atomic *a, hd_err *err) {
     }
     int crc = close(a->fd);
     a->fd = -1;
-    if (crc != 0) rc = io_fail(a, "close", a->tmp, errno, err);
-    else if (rename(a->tmp, a->path) != 0) rc = io_fail(a, "rename to", a->path, errno, err);
+    if (crc != 0)
+        rc = io_fail(a, "close", a->tmp, errno, err);
+    else if (rename(a->tmp, a->path) != 0)
+        rc = io_fail(a, "rename to", a->path, errno, err);
     if (rc != HD_OK) {
         fileio_atomic_abort(a);
         return rc;

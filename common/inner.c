@@ -4,8 +4,8 @@
 #include "vec.h"
 
 double inner_step(mlp_t *m, const mlp_feat_t *fD, const inner_cfg *cfg, const double *lam,
-                  const double *w, const double *v, const double *yD, double *w_out,
-                  double *v_out, double *scratch) {
+                  const double *w, const double *v, const double *yD, double *w_out, double *v_out,
+                  double *scratch) {
     size_t nw = mlp_n_w(m);
     double *g = scratch;
     double loss = mlp_grad_f(m, fD, lam, w, yD, NULL, g);

@@ -19,8 +19,8 @@ typedef struct {
  * may alias v. scratch holds n_w doubles and receives the gradient g.
  * Returns the training loss at w (before the step). */
 double inner_step(mlp_t *m, const mlp_feat_t *fD, const inner_cfg *cfg, const double *lam,
-                  const double *w, const double *v, const double *yD, double *w_out,
-                  double *v_out, double *scratch);
+                  const double *w, const double *v, const double *yD, double *w_out, double *v_out,
+                  double *scratch);
 
 /* VJP of Phi at (w, lam, D) (v does not enter) with cotangent (a_w, a_v).
  * Writes out_w = a_w', out_v = a_v' and out_lam = a_lam; any output may be

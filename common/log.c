@@ -31,10 +31,10 @@ void hd_log_write(hd_log_level lvl, const char *fmt, ...) {
     gettimeofday(&tv, NULL);
     struct tm tm;
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ pid=%ld prog=%s level=%s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (long)(tv.tv_usec / 1000), (long)getpid(), log_program,
-                     level_names[(int)lvl & 3]);
+    int n = snprintf(
+        line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ pid=%ld prog=%s level=%s ",
+        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+        (long)(tv.tv_usec / 1000), (long)getpid(), log_program, level_names[(int)lvl & 3]);
     if (n < 0) return;
     if ((size_t)n >= sizeof line) n = (int)sizeof line - 2;
     va_list ap;

@@ -4,7 +4,12 @@
 #ifndef HD_LOG_H
 #define HD_LOG_H
 
-typedef enum { HD_LOG_LVL_ERROR = 0, HD_LOG_LVL_WARN, HD_LOG_LVL_INFO, HD_LOG_LVL_DEBUG } hd_log_level;
+typedef enum {
+    HD_LOG_LVL_ERROR = 0,
+    HD_LOG_LVL_WARN,
+    HD_LOG_LVL_INFO,
+    HD_LOG_LVL_DEBUG
+} hd_log_level;
 
 /* Process-wide sink settings; call from main() before threads start. */
 void hd_log_init(const char *program, hd_log_level level);
@@ -14,9 +19,9 @@ hd_log_level hd_log_level_get(void);
 /* Write one line. Thread-safe (one write(2) per line). */
 void hd_log_write(hd_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define HD_LOG_AT(lvl, ...)                                    \
-    do {                                                       \
-        if ((lvl) <= hd_log_level_get()) hd_log_write((lvl), __VA_ARGS__); \
+#define HD_LOG_AT(lvl, ...)                                                                        \
+    do {                                                                                           \
+        if ((lvl) <= hd_log_level_get()) hd_log_write((lvl), __VA_ARGS__);                         \
     } while (0)
 #define HD_LOG_ERROR(...) HD_LOG_AT(HD_LOG_LVL_ERROR, __VA_ARGS__)
 #define HD_LOG_WARN(...) HD_LOG_AT(HD_LOG_LVL_WARN, __VA_ARGS__)

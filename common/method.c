@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-static const char *const names[METHOD_COUNT] = {"fo", "onestep", "hyperdistill",
-                                                "drmad", "rmd", "neumann"};
+static const char *const names[METHOD_COUNT] = {"fo",    "onestep", "hyperdistill",
+                                                "drmad", "rmd",     "neumann"};
 
 void method_cfg_default(method_cfg *c) {
     c->kind = METHOD_HYPERDISTILL;
@@ -34,9 +34,12 @@ int method_parse(const char *s, method_kind *out) {
 int method_posts_at(const method_cfg *c, int t, int T) {
     switch (c->kind) {
     case METHOD_DRMAD:
-    case METHOD_RMD: return t == T;
-    case METHOD_NEUMANN: return t > T - c->neumann_k;
-    default: return 1;
+    case METHOD_RMD:
+        return t == T;
+    case METHOD_NEUMANN:
+        return t > T - c->neumann_k;
+    default:
+        return 1;
     }
 }
 
@@ -53,9 +56,12 @@ int method_is_estimation_episode(const method_cfg *c, int m) {
 
 long method_vjps_per_episode(const method_cfg *c, int T) {
     switch (c->kind) {
-    case METHOD_FO: return 0;
-    case METHOD_NEUMANN: return (long)(c->neumann_n + 1) * (long)(c->neumann_k < T ? c->neumann_k : T);
-    default: return T;
+    case METHOD_FO:
+        return 0;
+    case METHOD_NEUMANN:
+        return (long)(c->neumann_n + 1) * (long)(c->neumann_k < T ? c->neumann_k : T);
+    default:
+        return T;
     }
 }
 

@@ -55,8 +55,8 @@ static double *layer_out(const mlp_t *m, size_t l, double *lam, double *w) {
     return w + (m->off[l - 1] - m->off[m->k]);
 }
 
-hd_rc mlp_new(size_t nwidths, const size_t *widths, mlp_act act, mlp_loss loss,
-              size_t hyper_layers, size_t max_batch, mlp_t **out, hd_err *err) {
+hd_rc mlp_new(size_t nwidths, const size_t *widths, mlp_act act, mlp_loss loss, size_t hyper_layers,
+              size_t max_batch, mlp_t **out, hd_err *err) {
     if (nwidths < 2 || nwidths > MLP_MAX_LAYERS + 1)
         return hd_err_set(err, HD_EINVAL, "model.layers: need 2 to %d widths, got %zu",
                           MLP_MAX_LAYERS + 1, nwidths);
@@ -143,7 +143,8 @@ mlp_loss mlp_loss_kind(const mlp_t *m) { return m->loss; }
 
 double mlp_forward_macs(const mlp_t *m, size_t n) {
     double macs = 0.0;
-    for (size_t l = 1; l <= m->L; l++) macs += (double)n * (double)m->widths[l] * (double)m->widths[l - 1];
+    for (size_t l = 1; l <= m->L; l++)
+        macs += (double)n * (double)m->widths[l] * (double)m->widths[l - 1];
     return macs;
 }
 
@@ -154,7 +155,8 @@ void mlp_init_params(const mlp_t *m, uint64_t seed, double *lam, double *w) {
         double *p = layer_out(m, l, lam, w);
         size_t fan_in = m->widths[l - 1], nout = m->widths[l];
         double bound = 1.0 / sqrt((double)fan_in);
-        uint64_t x = seed * 0x9e3779b97f4a7c15ULL + l * 0xd1b54a32d192ed03ULL + 0x632be59bd9b4e019ULL;
+        uint64_t x =
+            seed * 0x9e3779b97f4a7c15ULL + l * 0xd1b54a32d192ed03ULL + 0x632be59bd9b4e019ULL;
         size_t cnt = nout * fan_in + nout;
         for (size_t i = 0; i < cnt; i++) {
             uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
@@ -207,8 +209,8 @@ static inline double act_d2(mlp_act act, double a) {
 }
 
 /* Z = A_prev W^T + b, then A = act(Z) unless last layer. */
-static void layer_forward(const mlp_t *m, size_t l, size_t n, const double *Aprev,
-                          const double *P, double *Z, double *A) {
+static void layer_forward(const mlp_t *m, size_t l, size_t n, const double *Aprev, const double *P,
+                          double *Z, double *A) {
     size_t in = m->widths[l - 1], o = m->widths[l];
     const double *W = P, *b = P + o * in;
     for (size_t i = 0; i < n; i++) memcpy(Z + i * o, b, o * sizeof(double));
@@ -253,8 +255,8 @@ static void acts_bind(const mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, 
 }
 
 /* Forward through the w layers; returns the loss and writes dL/df into G. */
-static double upper_forward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t rows,
-                            const double *w, const double *y, acts_t *a, double *G) {
+static double upper_forward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t rows, const double *w,
+                            const double *y, acts_t *a, double *G) {
     acts_bind(m, f, r0, rows, a);
     size_t n = a->n;
     for (size_t l = m->k + 1; l <= m->L; l++)
@@ -285,8 +287,7 @@ static double upper_forward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t row
         }
         m->rowtmp[i] = sy;
         if (G)
-            for (size_t j = 0; j < o; j++)
-                G[i * o + j] = (exp(z[j] - lse) * sy - t[j]) / (double)n;
+            for (size_t j = 0; j < o; j++) G[i * o + j] = (exp(z[j] - lse) * sy - t[j]) / (double)n;
     }
     return loss / (double)n;
 }
@@ -324,9 +325,9 @@ static void layer_input_grad(const mlp_t *m, size_t l, size_t n, const double *d
 
 /* Gradient over rows [r0, r0+n). With dtop (g_lam NULL, k >= 1) the
  * cotangent of the top lam layer's activations A_k is written to dtop. */
-static double grad_core(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n_rows,
-                        const double *lam, const double *w, const double *y, double *g_lam,
-                        double *g_w, double *dtop) {
+static double grad_core(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n_rows, const double *lam,
+                        const double *w, const double *y, double *g_lam, double *g_w,
+                        double *dtop) {
     acts_t a;
     double *dZ = m->buf[0], *dA = m->buf[1];
     double loss = upper_forward(m, f, r0, n_rows, w, y, &a, dZ);
@@ -430,8 +431,8 @@ static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_r
             cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ol, (int)in, (int)n, 1.0,
                         RdZl, (int)ol, Aprev, (int)in, 0.0, H, (int)in);
         }
-        cblas_dgemv(CblasRowMajor, CblasTrans, (int)n, (int)ol, 1.0, RdZl, (int)ol, m->ones, 1,
-                    0.0, H + ol * in, 1);
+        cblas_dgemv(CblasRowMajor, CblasTrans, (int)n, (int)ol, 1.0, RdZl, (int)ol, m->ones, 1, 0.0,
+                    H + ol * in, 1);
         if (g_w && l > k) layer_param_grad(m, l, n, dZl, Aprev, layer_out(m, l, NULL, g_w), 0.0);
         const double *W = layer_params(m, l, lam, w);
         if (l == lo) {
@@ -442,7 +443,7 @@ static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_r
             }
             break;
         }
-        int has_dir = l >= r0; /* V_l nonzero */
+        int has_dir = l >= r0;                                /* V_l nonzero */
         int need_plain = (l - 1 >= r0) || (g_w && l - 1 > k); /* dZ_{l-1} needed below */
         /* [RdA; dA] = [RdZ; dZ] W, then RdA += dZ V */
         layer_input_grad(m, l, need_plain ? 2 * n : n, Pb, W, Qb, 0.0);
@@ -468,9 +469,8 @@ static double hvp_core(mlp_t *m, const mlp_feat_t *f, size_t r0_rows, size_t n_r
     return loss;
 }
 
-double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
-                 const double *y, const double *c_lam, const double *c_w, double *h_lam,
-                 double *h_w, double *g_w) {
+double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w, const double *y,
+                 const double *c_lam, const double *c_w, double *h_lam, double *h_w, double *g_w) {
     return hvp_core(m, f, 0, f->n, lam, w, y, c_lam, c_w, h_lam, h_w, g_w, NULL);
 }
 
@@ -503,12 +503,14 @@ void mlp_lower_backward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, cons
     const double *Zk = f->Z[k] + r0 * m->widths[k], *Ak = f->A[k] + r0 * m->widths[k];
     for (size_t i = 0; i < cnt; i++) dZ[i] = dtop[i] * act_d1(m->act, Zk[i], Ak[i]);
     for (size_t l = k; l >= 1; l--) {
-        const double *Aprev = l == 1 ? f->x + r0 * m->widths[0] : f->A[l - 1] + r0 * m->widths[l - 1];
+        const double *Aprev =
+            l == 1 ? f->x + r0 * m->widths[0] : f->A[l - 1] + r0 * m->widths[l - 1];
         layer_param_grad(m, l, n, dZ, Aprev, layer_out(m, l, g_lam, NULL), 0.0);
         if (l == 1) break;
         layer_input_grad(m, l, n, dZ, layer_params(m, l, lam, NULL), dA, 0.0);
         size_t c2 = n * m->widths[l - 1];
-        const double *Zp = f->Z[l - 1] + r0 * m->widths[l - 1], *Ap = f->A[l - 1] + r0 * m->widths[l - 1];
+        const double *Zp = f->Z[l - 1] + r0 * m->widths[l - 1],
+                     *Ap = f->A[l - 1] + r0 * m->widths[l - 1];
         for (size_t i = 0; i < c2; i++) dA[i] *= act_d1(m->act, Zp[i], Ap[i]);
         double *t = dZ;
         dZ = dA;
@@ -516,21 +518,20 @@ void mlp_lower_backward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, cons
     }
 }
 
-double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                  const double *y, size_t n) {
+double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                  size_t n) {
     mlp_feat_compute(m, m->own, lam, x, n);
     return mlp_forward_f(m, m->own, w, y, NULL);
 }
 
-double mlp_grad_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                  const double *y, size_t n, double *g_lam, double *g_w) {
+double mlp_grad_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                  size_t n, double *g_lam, double *g_w) {
     mlp_feat_compute(m, m->own, lam, x, n);
     return mlp_grad_f(m, m->own, lam, w, y, g_lam, g_w);
 }
 
-double mlp_hvp_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                 const double *y, size_t n, const double *c_lam, const double *c_w,
-                 double *h_lam, double *h_w) {
+double mlp_hvp_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                 size_t n, const double *c_lam, const double *c_w, double *h_lam, double *h_w) {
     mlp_feat_compute(m, m->own, lam, x, n);
     return mlp_hvp_f(m, m->own, lam, w, y, c_lam, c_w, h_lam, h_w, NULL);
 }

@@ -40,14 +40,14 @@ typedef struct mlp_feat mlp_feat_t;
  * [0, nwidths-1) (at least one layer stays in w), max_batch >= 1 rows per
  * call. Returns HD_OK, HD_EINVAL or HD_ENOMEM; *out is owned by the caller
  * and freed with mlp_free(). */
-hd_rc mlp_new(size_t nwidths, const size_t *widths, mlp_act act, mlp_loss loss,
-              size_t hyper_layers, size_t max_batch, mlp_t **out, hd_err *err);
+hd_rc mlp_new(size_t nwidths, const size_t *widths, mlp_act act, mlp_loss loss, size_t hyper_layers,
+              size_t max_batch, mlp_t **out, hd_err *err);
 /* Free a network; NULL is allowed. */
 void mlp_free(mlp_t *m);
 
-size_t mlp_n_lam(const mlp_t *m);      /* number of hyperparameters */
-size_t mlp_n_w(const mlp_t *m);        /* number of inner weights */
-size_t mlp_n_layers(const mlp_t *m);   /* number of linear layers */
+size_t mlp_n_lam(const mlp_t *m);    /* number of hyperparameters */
+size_t mlp_n_w(const mlp_t *m);      /* number of inner weights */
+size_t mlp_n_layers(const mlp_t *m); /* number of linear layers */
 size_t mlp_hyper_layers(const mlp_t *m);
 size_t mlp_in_dim(const mlp_t *m);
 size_t mlp_out_dim(const mlp_t *m);
@@ -88,9 +88,8 @@ double mlp_grad_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double
  * c_lam == NULL means a zero lam part (the R-forward through the lam layers is
  * skipped); h_lam == NULL skips the lam block; h_w is required. Returns the loss. When g_w is
  * non-NULL the gradient in w is written too (it comes from the same pass). */
-double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w,
-                 const double *y, const double *c_lam, const double *c_w, double *h_lam,
-                 double *h_w, double *g_w);
+double mlp_hvp_f(mlp_t *m, const mlp_feat_t *f, const double *lam, const double *w, const double *y,
+                 const double *c_lam, const double *c_w, double *h_lam, double *h_w, double *g_w);
 
 /* Split passes over a row range [r0, r0+n) of a feature cache, for models
  * with k >= 1 hyper layers. The lam-gradient of any scalar is the backward
@@ -119,12 +118,11 @@ void mlp_lower_backward(mlp_t *m, const mlp_feat_t *f, size_t r0, size_t n, cons
 
 /* Conveniences that compute the features of x into the network's own cache
  * first (n <= mlp_max_batch). Same contracts as the _f forms. */
-double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                  const double *y, size_t n);
-double mlp_grad_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                  const double *y, size_t n, double *g_lam, double *g_w);
-double mlp_hvp_x(mlp_t *m, const double *lam, const double *w, const double *x,
-                 const double *y, size_t n, const double *c_lam, const double *c_w,
-                 double *h_lam, double *h_w);
+double mlp_loss_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                  size_t n);
+double mlp_grad_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                  size_t n, double *g_lam, double *g_w);
+double mlp_hvp_x(mlp_t *m, const double *lam, const double *w, const double *x, const double *y,
+                 size_t n, const double *c_lam, const double *c_w, double *h_lam, double *h_w);
 
 #endif

@@ -259,8 +259,10 @@ static hd_rc parse_descr(lexer *lx, npy_dtype *dtype) {
                           "dtypes are not supported)");
     hd_rc rc = lx_string(lx, &v, &vlen, "dtype string");
     if (rc != HD_OK) return rc;
-    if (vlen == 3 && memcmp(v, "<f4", 3) == 0) *dtype = NPY_F32;
-    else if (vlen == 3 && memcmp(v, "<f8", 3) == 0) *dtype = NPY_F64;
+    if (vlen == 3 && memcmp(v, "<f4", 3) == 0)
+        *dtype = NPY_F32;
+    else if (vlen == 3 && memcmp(v, "<f8", 3) == 0)
+        *dtype = NPY_F64;
     else
         return hd_err_set(lx->err, HD_EFORMAT,
                           "npy header: unsupported dtype '%.*s' (only '<f4' and '<f8')",
@@ -289,8 +291,8 @@ static hd_rc parse_dim(lexer *lx, size_t *out) {
     int show = (int)(t > 32 ? 32 : t);
     if (t == 0) return lx_fail(lx, "a dimension");
     if (t > 1 && w[0] == '-' && w[1] >= '0' && w[1] <= '9')
-        return hd_err_set(lx->err, HD_EFORMAT, "npy header: negative dimension %.*s in shape",
-                          show, w);
+        return hd_err_set(lx->err, HD_EFORMAT, "npy header: negative dimension %.*s in shape", show,
+                          w);
     size_t v = 0;
     for (size_t k = 0; k < t; k++) {
         if (w[k] < '0' || w[k] > '9')
@@ -317,8 +319,8 @@ static hd_rc parse_shape(lexer *lx, size_t *ndim, size_t shape[NPY_MAX_NDIM]) {
     lx_skip_ws(lx);
     while (lx_peek(lx) != ')') {
         if (n == NPY_MAX_NDIM)
-            return hd_err_set(lx->err, HD_EFORMAT,
-                              "npy header: shape has more than %d dimensions", NPY_MAX_NDIM);
+            return hd_err_set(lx->err, HD_EFORMAT, "npy header: shape has more than %d dimensions",
+                              NPY_MAX_NDIM);
         hd_rc rc = parse_dim(lx, &shape[n]);
         if (rc != HD_OK) return rc;
         n++;
@@ -358,9 +360,12 @@ static hd_rc parse_dict(lexer *lx, npy_header *h) {
         size_t klen;
         unsigned bit;
         if ((rc = lx_string(lx, &key, &klen, "a quoted key or '}'")) != HD_OK) return rc;
-        if (klen == 5 && memcmp(key, "descr", 5) == 0) bit = KEY_DESCR;
-        else if (klen == 13 && memcmp(key, "fortran_order", 13) == 0) bit = KEY_FORTRAN;
-        else if (klen == 5 && memcmp(key, "shape", 5) == 0) bit = KEY_SHAPE;
+        if (klen == 5 && memcmp(key, "descr", 5) == 0)
+            bit = KEY_DESCR;
+        else if (klen == 13 && memcmp(key, "fortran_order", 13) == 0)
+            bit = KEY_FORTRAN;
+        else if (klen == 5 && memcmp(key, "shape", 5) == 0)
+            bit = KEY_SHAPE;
         else
             return hd_err_set(lx->err, HD_EFORMAT, "npy header: unknown key '%.*s'",
                               (int)(klen > 32 ? 32 : klen), key);
@@ -372,9 +377,12 @@ static hd_rc parse_dict(lexer *lx, npy_header *h) {
         if (lx_peek(lx) != ':') return lx_fail(lx, "':' after a key");
         lx->i++;
         lx_skip_ws(lx);
-        if (bit == KEY_DESCR) rc = parse_descr(lx, &h->dtype);
-        else if (bit == KEY_FORTRAN) rc = parse_fortran(lx);
-        else rc = parse_shape(lx, &h->ndim, h->shape);
+        if (bit == KEY_DESCR)
+            rc = parse_descr(lx, &h->dtype);
+        else if (bit == KEY_FORTRAN)
+            rc = parse_fortran(lx);
+        else
+            rc = parse_shape(lx, &h->ndim, h->shape);
         if (rc != HD_OK) return rc;
         lx_skip_ws(lx);
         if (lx_peek(lx) == ',') {
@@ -443,8 +451,9 @@ static hd_rc parse_head(const uint8_t *buf, size_t len, npy_header *h, hd_err *e
     for (size_t k = 0; k < hlen; k++) {
         uint8_t c = buf[prefix + k];
         if ((c < 0x20 || c > 0x7e) && !is_ws((char)c))
-            return hd_err_set(err, HD_EFORMAT, "npy header: byte 0x%02x at offset %zu is not ASCII text",
-                              c, prefix + k);
+            return hd_err_set(err, HD_EFORMAT,
+                              "npy header: byte 0x%02x at offset %zu is not ASCII text", c,
+                              prefix + k);
     }
     npy_header t;
     memset(&t, 0, sizeof t);
@@ -464,8 +473,7 @@ static hd_rc parse_head(const uint8_t *buf, size_t len, npy_header *h, hd_err *e
 }
 
 /* Size checks against the element limit and the image length. */
-static hd_rc check_body(const npy_header *h, size_t len, size_t max_elems, int exact,
-                        hd_err *err) {
+static hd_rc check_body(const npy_header *h, size_t len, size_t max_elems, int exact, hd_err *err) {
     if (h->count > max_elems)
         return hd_err_set(err, HD_ETOOBIG, "npy: %zu elements exceed the limit of %zu", h->count,
                           max_elems);
@@ -474,13 +482,14 @@ static hd_rc check_body(const npy_header *h, size_t len, size_t max_elems, int e
         return hd_err_set(err, HD_EFORMAT, "npy: truncated data: need %zu bytes, have %zu", need,
                           len);
     if (exact && len != need)
-        return hd_err_set(err, HD_EFORMAT, "npy: %zu trailing bytes after the data (need %zu, have %zu)",
-                          len - need, need, len);
+        return hd_err_set(err, HD_EFORMAT,
+                          "npy: %zu trailing bytes after the data (need %zu, have %zu)", len - need,
+                          need, len);
     return HD_OK;
 }
 
-hd_rc npy_parse_header(const uint8_t *buf, size_t len, size_t max_elems, int exact,
-                       npy_header *h, hd_err *err) {
+hd_rc npy_parse_header(const uint8_t *buf, size_t len, size_t max_elems, int exact, npy_header *h,
+                       hd_err *err) {
     npy_header t;
     hd_rc rc = parse_head(buf, len, &t, err);
     if (rc == HD_OK) rc = check_body(&t, len, max_elems, exact, err);
@@ -539,7 +548,10 @@ static hd_rc check_finite(const uint8_t *data, npy_dtype dtype, size_t count, hd
         if (bad) {
             int neg = data[(size_t)dtype * i + (size_t)dtype - 1] >> 7;
             return hd_err_set(err, HD_ENONFINITE, "npy: non-finite value %s at index %zu",
-                              nan ? "nan" : neg ? "-inf" : "inf", i);
+                              nan   ? "nan"
+                              : neg ? "-inf"
+                                    : "inf",
+                              i);
         }
     }
     return HD_OK;

@@ -24,11 +24,11 @@ typedef enum {
 } npy_dtype;
 
 typedef struct {
-    npy_dtype dtype;             /* element type on disk / wire */
-    size_t ndim;                 /* number of dimensions, 0..NPY_MAX_NDIM */
-    size_t shape[NPY_MAX_NDIM];  /* extents; entries >= ndim are 0 */
-    size_t count;                /* product of shape (1 for ndim 0), no overflow */
-    size_t data_offset;          /* byte offset of the data in the image */
+    npy_dtype dtype;            /* element type on disk / wire */
+    size_t ndim;                /* number of dimensions, 0..NPY_MAX_NDIM */
+    size_t shape[NPY_MAX_NDIM]; /* extents; entries >= ndim are 0 */
+    size_t count;               /* product of shape (1 for ndim 0), no overflow */
+    size_t data_offset;         /* byte offset of the data in the image */
 } npy_header;
 
 /* Parse and validate the header at the start of buf (len bytes, borrowed):
@@ -44,8 +44,8 @@ typedef struct {
  * NPY_MAX_NDIM dimensions, truncated data, trailing bytes); HD_ETOOBIG when
  * the element or byte count overflows size_t, exceeds max_elems, or the
  * header exceeds NPY_MAX_HEADER_LEN. */
-hd_rc npy_parse_header(const uint8_t *buf, size_t len, size_t max_elems, int exact,
-                       npy_header *h, hd_err *err);
+hd_rc npy_parse_header(const uint8_t *buf, size_t len, size_t max_elems, int exact, npy_header *h,
+                       hd_err *err);
 
 /* Decode the .npy image buf (len bytes, borrowed; trailing bytes refused) into
  * a new array of doubles (float32 data is widened exactly). On success *out is

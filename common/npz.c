@@ -119,7 +119,8 @@ static void wr32(uint8_t *p, uint32_t v) {
 
 static hd_rc io_fail(hd_err *err, const char *what, const char *path, int e) {
     char et[128];
-    return hd_err_set(err, HD_EIO, "npz: %s %s: %s", what, path, fileio_errno_text(e, et, sizeof et));
+    return hd_err_set(err, HD_EIO, "npz: %s %s: %s", what, path,
+                      fileio_errno_text(e, et, sizeof et));
 }
 
 /* Quote a name from the archive safely in a one-line message: printable
@@ -739,8 +740,10 @@ static hd_rc write_member(int fd, const char *tmp, const npz_member *m, uint64_t
     w->offset = (uint32_t)*off;
     uint8_t lh[LOCAL_LEN];
     local_header(lh, w->crc, w->size, nlen + 4);
-    if (fileio_write_all(fd, lh, sizeof lh) != 0 || fileio_write_all(fd, (const uint8_t *)m->name, nlen) != 0 ||
-        fileio_write_all(fd, (const uint8_t *)".npy", 4) != 0 || fileio_write_all(fd, img, img_len) != 0)
+    if (fileio_write_all(fd, lh, sizeof lh) != 0 ||
+        fileio_write_all(fd, (const uint8_t *)m->name, nlen) != 0 ||
+        fileio_write_all(fd, (const uint8_t *)".npy", 4) != 0 ||
+        fileio_write_all(fd, img, img_len) != 0)
         rc = io_fail(err, "write", tmp, errno);
     *off += LOCAL_LEN + nlen + 4 + img_len;
     free(img);

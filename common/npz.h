@@ -27,11 +27,11 @@ const double *npz_get(const npz_file *z, const char *name, npy_header *h);
 
 /* One array to store. */
 typedef struct {
-    const char *name;     /* member name without ".npy" */
-    npy_dtype dtype;      /* stored dtype */
-    size_t ndim;          /* 0..NPY_MAX_NDIM */
-    const size_t *shape;  /* ndim entries */
-    const double *data;   /* product(shape) numbers */
+    const char *name;    /* member name without ".npy" */
+    npy_dtype dtype;     /* stored dtype */
+    size_t ndim;         /* 0..NPY_MAX_NDIM */
+    const size_t *shape; /* ndim entries */
+    const double *data;  /* product(shape) numbers */
 } npz_member;
 
 /* Write an uncompressed archive atomically (temp file + rename). */

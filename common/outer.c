@@ -23,9 +23,12 @@ void outer_cfg_default(outer_cfg *c) {
 
 int outer_kind_parse(const char *s, outer_kind *out) {
     if (!s) return -1;
-    if (strcmp(s, "adam") == 0) *out = OUTER_ADAM;
-    else if (strcmp(s, "sgd") == 0) *out = OUTER_SGD;
-    else return -1;
+    if (strcmp(s, "adam") == 0)
+        *out = OUTER_ADAM;
+    else if (strcmp(s, "sgd") == 0)
+        *out = OUTER_SGD;
+    else
+        return -1;
     return 0;
 }
 
@@ -54,27 +57,32 @@ void outer_state_clear(outer_state *st) {
 
 #if OUTER_X86
 /* Adam lanes for outer_apply: elements [0, returned index) are done. */
-__attribute__((target("avx"))) static size_t adam_avx(size_t n, double *restrict lam, double *restrict m,
-                                                      double *restrict v, const double *restrict g, double b1,
-                                                      double b2, double step, double rbc2, double eps) {
-    const __m256d vb1 = _mm256_set1_pd(b1), vb2 = _mm256_set1_pd(b2), v1b1 = _mm256_set1_pd(1.0 - b1),
-                  v1b2 = _mm256_set1_pd(1.0 - b2), vstep = _mm256_set1_pd(step), vr = _mm256_set1_pd(rbc2),
+__attribute__((target("avx"))) static size_t
+adam_avx(size_t n, double *restrict lam, double *restrict m, double *restrict v,
+         const double *restrict g, double b1, double b2, double step, double rbc2, double eps) {
+    const __m256d vb1 = _mm256_set1_pd(b1), vb2 = _mm256_set1_pd(b2),
+                  v1b1 = _mm256_set1_pd(1.0 - b1), v1b2 = _mm256_set1_pd(1.0 - b2),
+                  vstep = _mm256_set1_pd(step), vr = _mm256_set1_pd(rbc2),
                   veps = _mm256_set1_pd(eps);
     size_t i = 0;
     for (; i + 4 <= n; i += 4) {
         __m256d gi = _mm256_loadu_pd(g + i);
-        __m256d mi = _mm256_add_pd(_mm256_mul_pd(vb1, _mm256_loadu_pd(m + i)), _mm256_mul_pd(v1b1, gi));
-        __m256d vi = _mm256_add_pd(_mm256_mul_pd(vb2, _mm256_loadu_pd(v + i)), _mm256_mul_pd(_mm256_mul_pd(v1b2, gi), gi));
+        __m256d mi =
+            _mm256_add_pd(_mm256_mul_pd(vb1, _mm256_loadu_pd(m + i)), _mm256_mul_pd(v1b1, gi));
+        __m256d vi = _mm256_add_pd(_mm256_mul_pd(vb2, _mm256_loadu_pd(v + i)),
+                                   _mm256_mul_pd(_mm256_mul_pd(v1b2, gi), gi));
         _mm256_storeu_pd(m + i, mi);
         _mm256_storeu_pd(v + i, vi);
-        __m256d d = _mm256_div_pd(_mm256_mul_pd(vstep, mi), _mm256_add_pd(_mm256_mul_pd(_mm256_sqrt_pd(vi), vr), veps));
+        __m256d d = _mm256_div_pd(_mm256_mul_pd(vstep, mi),
+                                  _mm256_add_pd(_mm256_mul_pd(_mm256_sqrt_pd(vi), vr), veps));
         _mm256_storeu_pd(lam + i, _mm256_sub_pd(_mm256_loadu_pd(lam + i), d));
     }
     return i;
 }
 
 static size_t adam_sse2(size_t n, double *restrict lam, double *restrict m, double *restrict v,
-                        const double *restrict g, double b1, double b2, double step, double rbc2, double eps) {
+                        const double *restrict g, double b1, double b2, double step, double rbc2,
+                        double eps) {
     const __m128d vb1 = _mm_set1_pd(b1), vb2 = _mm_set1_pd(b2), v1b1 = _mm_set1_pd(1.0 - b1),
                   v1b2 = _mm_set1_pd(1.0 - b2), vstep = _mm_set1_pd(step), vr = _mm_set1_pd(rbc2),
                   veps = _mm_set1_pd(eps);
@@ -82,10 +90,12 @@ static size_t adam_sse2(size_t n, double *restrict lam, double *restrict m, doub
     for (; i + 2 <= n; i += 2) {
         __m128d gi = _mm_loadu_pd(g + i);
         __m128d mi = _mm_add_pd(_mm_mul_pd(vb1, _mm_loadu_pd(m + i)), _mm_mul_pd(v1b1, gi));
-        __m128d vi = _mm_add_pd(_mm_mul_pd(vb2, _mm_loadu_pd(v + i)), _mm_mul_pd(_mm_mul_pd(v1b2, gi), gi));
+        __m128d vi =
+            _mm_add_pd(_mm_mul_pd(vb2, _mm_loadu_pd(v + i)), _mm_mul_pd(_mm_mul_pd(v1b2, gi), gi));
         _mm_storeu_pd(m + i, mi);
         _mm_storeu_pd(v + i, vi);
-        __m128d d = _mm_div_pd(_mm_mul_pd(vstep, mi), _mm_add_pd(_mm_mul_pd(_mm_sqrt_pd(vi), vr), veps));
+        __m128d d =
+            _mm_div_pd(_mm_mul_pd(vstep, mi), _mm_add_pd(_mm_mul_pd(_mm_sqrt_pd(vi), vr), veps));
         _mm_storeu_pd(lam + i, _mm_sub_pd(_mm_loadu_pd(lam + i), d));
     }
     return i;
@@ -110,8 +120,10 @@ void outer_apply(const outer_cfg *c, outer_state *st, double *lam, const double 
      * bit-identical to the scalar loop. The server applies one update per
      * async post under the run lock: 20,400 hyperparameters take ~100 us
      * with the scalar loop, ~77 us with SSE2, ~30 us with AVX. */
-    if (__builtin_cpu_supports("avx")) i = adam_avx(n, lam, st->m, st->v, g, b1, b2, step, rbc2, c->eps);
-    else i = adam_sse2(n, lam, st->m, st->v, g, b1, b2, step, rbc2, c->eps);
+    if (__builtin_cpu_supports("avx"))
+        i = adam_avx(n, lam, st->m, st->v, g, b1, b2, step, rbc2, c->eps);
+    else
+        i = adam_sse2(n, lam, st->m, st->v, g, b1, b2, step, rbc2, c->eps);
 #endif
     for (; i < n; i++) {
         double m = st->m[i] = b1 * st->m[i] + (1.0 - b1) * g[i];

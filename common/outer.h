@@ -19,10 +19,10 @@ typedef struct {
 } outer_cfg;
 
 typedef struct {
-    size_t n;   /* number of hyperparameters */
-    long step;  /* updates applied so far */
-    double *m;  /* Adam first moment (n), owned; NULL for SGD */
-    double *v;  /* Adam second moment (n), owned; NULL for SGD */
+    size_t n;  /* number of hyperparameters */
+    long step; /* updates applied so far */
+    double *m; /* Adam first moment (n), owned; NULL for SGD */
+    double *v; /* Adam second moment (n), owned; NULL for SGD */
 } outer_state;
 
 /* Defaults: Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-8. */

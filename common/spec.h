@@ -40,33 +40,33 @@
 typedef enum { SPEC_MODE_SYNC = 0, SPEC_MODE_ASYNC = 1 } spec_mode;
 
 typedef struct {
-    task_cfg task;                        /* family, shots, queries, dims */
-    size_t nwidths;                       /* entries in widths, 2..MLP_MAX_LAYERS+1 */
-    size_t widths[MLP_MAX_LAYERS + 1];    /* model.layers */
-    mlp_act act;                          /* model.activation */
-    mlp_loss loss;                        /* model.loss (default: mse for sinusoid, xent for gaussmix) */
-    size_t hyper_layers;                  /* model.hyper_layers (k) */
-    int steps;                            /* inner.steps T >= 1 */
-    inner_cfg inner;                      /* inner.lr, inner.momentum */
-    outer_cfg outer;                      /* outer.* */
-    method_cfg method;                    /* method.* */
-    double clip_norm;                     /* robust.clip_norm, 0 = off */
-    int skip_nonfinite;                   /* robust.skip_nonfinite */
-    double guard_loss;                    /* robust.guard_loss: also skip inner steps whose support
+    task_cfg task;                     /* family, shots, queries, dims */
+    size_t nwidths;                    /* entries in widths, 2..MLP_MAX_LAYERS+1 */
+    size_t widths[MLP_MAX_LAYERS + 1]; /* model.layers */
+    mlp_act act;                       /* model.activation */
+    mlp_loss loss;       /* model.loss (default: mse for sinusoid, xent for gaussmix) */
+    size_t hyper_layers; /* model.hyper_layers (k) */
+    int steps;           /* inner.steps T >= 1 */
+    inner_cfg inner;     /* inner.lr, inner.momentum */
+    outer_cfg outer;     /* outer.* */
+    method_cfg method;   /* method.* */
+    double clip_norm;    /* robust.clip_norm, 0 = off */
+    int skip_nonfinite;  /* robust.skip_nonfinite */
+    double guard_loss;   /* robust.guard_loss: also skip inner steps whose support
                                            * loss after the step exceeds this; 0 = off */
-    double blowup_loss;                   /* robust.blowup_loss: query loss counted as a blow-up */
-    int episodes;                         /* M >= 1 */
-    int meta_batch;                       /* B >= 1 */
-    double reptile_lr;                    /* >= 0, 0 disables Reptile */
-    uint64_t seed;                        /* run seed */
-    int meta_val_tasks;                   /* eval.meta_val_tasks >= 0 */
-    int meta_test_tasks;                  /* eval.meta_test_tasks >= 0 */
-    int eval_interval;                    /* eval.interval: meta-validate every N episodes, 0 = at the end only */
-    spec_mode mode;                       /* server: sync or async */
-    int max_staleness;                    /* server: async posts staler than this are refused */
-    int lease_seconds;                    /* server: lease lifetime without heartbeat */
-    int shards;                           /* server: number of data shards, >= 1 */
-    int wire_f32;                         /* server: 1 if tensors travel as <f4 */
+    double blowup_loss;  /* robust.blowup_loss: query loss counted as a blow-up */
+    int episodes;        /* M >= 1 */
+    int meta_batch;      /* B >= 1 */
+    double reptile_lr;   /* >= 0, 0 disables Reptile */
+    uint64_t seed;       /* run seed */
+    int meta_val_tasks;  /* eval.meta_val_tasks >= 0 */
+    int meta_test_tasks; /* eval.meta_test_tasks >= 0 */
+    int eval_interval;   /* eval.interval: meta-validate every N episodes, 0 = at the end only */
+    spec_mode mode;      /* server: sync or async */
+    int max_staleness;   /* server: async posts staler than this are refused */
+    int lease_seconds;   /* server: lease lifetime without heartbeat */
+    int shards;          /* server: number of data shards, >= 1 */
+    int wire_f32;        /* server: 1 if tensors travel as <f4 */
 } run_spec;
 
 /* Fill every field with its default (the paper's sinusoid protocol). */

@@ -9,9 +9,12 @@
 
 int task_family_parse(const char *s, task_family *out) {
     if (!s) return -1;
-    if (strcmp(s, "sinusoid") == 0) *out = TASK_SINUSOID;
-    else if (strcmp(s, "gaussmix") == 0) *out = TASK_GAUSSMIX;
-    else return -1;
+    if (strcmp(s, "sinusoid") == 0)
+        *out = TASK_SINUSOID;
+    else if (strcmp(s, "gaussmix") == 0)
+        *out = TASK_GAUSSMIX;
+    else
+        return -1;
     return 0;
 }
 

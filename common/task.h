@@ -24,8 +24,8 @@ typedef struct {
 
 typedef struct {
     size_t n_s, n_q, in_dim, out_dim;
-    double *xs, *ys; /* support (n_s, in_dim), (n_s, out_dim) */
-    double *xq, *yq; /* query */
+    double *xs, *ys;   /* support (n_s, in_dim), (n_s, out_dim) */
+    double *xq, *yq;   /* query */
     double amp, phase; /* sinusoid parameters (0 for other families) */
 } task_t;
 

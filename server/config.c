@@ -12,40 +12,47 @@
 typedef enum { CFG_STR, CFG_INT, CFG_LEVEL, CFG_SYNC } cfg_type;
 
 typedef struct {
-    const char *name;  /* flag without "--", also the config-file key */
+    const char *name; /* flag without "--", also the config-file key */
     cfg_type type;
-    const char *def;   /* default as text */
-    int64_t min, max;  /* bounds for CFG_INT */
-    const char *env;   /* environment variable or NULL */
-    size_t off;        /* offset in server_config */
+    const char *def;  /* default as text */
+    int64_t min, max; /* bounds for CFG_INT */
+    const char *env;  /* environment variable or NULL */
+    size_t off;       /* offset in server_config */
     const char *help;
 } cfg_opt;
 
 #define OFF(f) offsetof(server_config, f)
 
 static const cfg_opt opts[] = {
-    {"db", CFG_STR, "hdserver.db", 0, 0, "HD_DB", OFF(db), "SQLite database file (created if missing)"},
+    {"db", CFG_STR, "hdserver.db", 0, 0, "HD_DB", OFF(db),
+     "SQLite database file (created if missing)"},
     {"listen", CFG_STR, "127.0.0.1:8080", 0, 0, "HD_LISTEN", OFF(listen),
-     "address host:port to listen on; port 0 picks a free port (logged and written to --port-file)"},
+     "address host:port to listen on; port 0 picks a free port (logged and written to "
+     "--port-file)"},
     {"port-file", CFG_STR, "", 0, 0, "HD_PORT_FILE", OFF(port_file),
      "write the bound port number to this file once listening"},
     {"admin-token", CFG_STR, "", 0, 0, "HD_ADMIN_TOKEN", OFF(admin_token),
      "bearer token for creating and controlling runs (required, at least 16 characters)"},
-    {"tls-cert", CFG_STR, "", 0, 0, "HD_TLS_CERT", OFF(tls_cert), "PEM certificate: serve HTTPS (needs --tls-key)"},
+    {"tls-cert", CFG_STR, "", 0, 0, "HD_TLS_CERT", OFF(tls_cert),
+     "PEM certificate: serve HTTPS (needs --tls-key)"},
     {"tls-key", CFG_STR, "", 0, 0, "HD_TLS_KEY", OFF(tls_key), "PEM private key for --tls-cert"},
-    {"max-body-bytes", CFG_INT, "67108864", 1024, 4294967296LL, "HD_MAX_BODY_BYTES", OFF(max_body_bytes),
+    {"max-body-bytes", CFG_INT, "67108864", 1024, 4294967296LL, "HD_MAX_BODY_BYTES",
+     OFF(max_body_bytes),
      "largest request body; larger ones get 413 before they are read (tensor posts are also "
      "capped at their run's exact size)"},
     {"lease-seconds", CFG_INT, "30", 1, 86400, "HD_LEASE_SECONDS", OFF(lease_seconds),
      "lease lifetime without heartbeat for runs whose spec does not set lease_seconds"},
-    {"log-level", CFG_LEVEL, "info", 0, 3, "HD_LOG_LEVEL", OFF(log_level), "error, warn, info or debug"},
+    {"log-level", CFG_LEVEL, "info", 0, 3, "HD_LOG_LEVEL", OFF(log_level),
+     "error, warn, info or debug"},
     {"threads", CFG_INT, "0", 0, 1024, "HD_THREADS", OFF(threads),
      "0: one thread per connection (default; requests block on group commit and long polls); "
      "N: a pool of N polling threads"},
     {"sync", CFG_SYNC, "normal", 0, 1, "HD_SYNC", OFF(sync_full),
      "SQLite synchronous mode: normal (survives a crash of the process) or full (also power loss)"},
-    {"conn-limit", CFG_INT, "1024", 4, 65536, "HD_CONN_LIMIT", OFF(conn_limit), "maximum concurrent connections"},
-    {"max-wait", CFG_INT, "60", 0, 3600, "HD_MAX_WAIT", OFF(max_wait), "longest long-poll wait in seconds"},
+    {"conn-limit", CFG_INT, "1024", 4, 65536, "HD_CONN_LIMIT", OFF(conn_limit),
+     "maximum concurrent connections"},
+    {"max-wait", CFG_INT, "60", 0, 3600, "HD_MAX_WAIT", OFF(max_wait),
+     "longest long-poll wait in seconds"},
     {"bench-discard-posts", CFG_INT, "0", 0, 1, NULL, OFF(discard_posts),
      "benchmarks only: answer step posts after reading the body, without applying or storing it"},
 };
@@ -68,13 +75,18 @@ static hd_rc set_opt(server_config *c, const cfg_opt *o, const char *val, const 
     if (o->type == CFG_LEVEL) {
         int l = hd_log_level_parse(val);
         if (l < 0)
-            return hd_err_set(err, HD_EINVAL, "--%s (from %s): '%s' is not error, warn, info or debug",
-                              o->name, src, val);
+            return hd_err_set(err, HD_EINVAL,
+                              "--%s (from %s): '%s' is not error, warn, info or debug", o->name,
+                              src, val);
         v = l;
     } else if (o->type == CFG_SYNC) {
-        if (strcmp(val, "normal") == 0) v = 0;
-        else if (strcmp(val, "full") == 0) v = 1;
-        else return hd_err_set(err, HD_EINVAL, "--%s (from %s): '%s' is not normal or full", o->name, src, val);
+        if (strcmp(val, "normal") == 0)
+            v = 0;
+        else if (strcmp(val, "full") == 0)
+            v = 1;
+        else
+            return hd_err_set(err, HD_EINVAL, "--%s (from %s): '%s' is not normal or full", o->name,
+                              src, val);
     } else if (srvutil_parse_i64(val, o->min, o->max, &v) != 0) {
         return hd_err_set(err, HD_EINVAL, "--%s (from %s): '%s' is not an integer in [%lld, %lld]",
                           o->name, src, val, (long long)o->min, (long long)o->max);
@@ -98,7 +110,8 @@ static void print_help(FILE *out) {
         const cfg_opt *o = &opts[i];
         fprintf(out, "  --%s VALUE\n      %s\n      default: %s", o->name, o->help,
                 *o->def ? o->def : "(none)");
-        if (o->type == CFG_INT) fprintf(out, ", range [%lld, %lld]", (long long)o->min, (long long)o->max);
+        if (o->type == CFG_INT)
+            fprintf(out, ", range [%lld, %lld]", (long long)o->min, (long long)o->max);
         if (o->env) fprintf(out, ", env %s", o->env);
         fputc('\n', out);
     }
@@ -113,7 +126,8 @@ static hd_rc load_file(server_config *c, const char *path, hd_err *err) {
     while (rc == HD_OK && fgets(line, sizeof line, f)) {
         lineno++;
         size_t n = strlen(line);
-        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ')) line[--n] = 0;
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' '))
+            line[--n] = 0;
         char *p = line;
         while (*p == ' ' || *p == '\t') p++;
         if (!*p || *p == '#') continue;
@@ -128,7 +142,8 @@ static hd_rc load_file(server_config *c, const char *path, hd_err *err) {
         while (*v == ' ' || *v == '\t') v++;
         const cfg_opt *o = find_opt(p, (size_t)(ke - p));
         if (!o) {
-            rc = hd_err_set(err, HD_EINVAL, "%s:%d: unknown option '%.*s'", path, lineno, (int)(ke - p), p);
+            rc = hd_err_set(err, HD_EINVAL, "%s:%d: unknown option '%.*s'", path, lineno,
+                            (int)(ke - p), p);
             break;
         }
         char src[CONFIG_STR_MAX + 32];
@@ -180,9 +195,12 @@ hd_rc config_load(server_config *c, int argc, char **argv, FILE *out, int *exit_
         }
         const cfg_opt *o = find_opt(name, nlen);
         if (!o) return hd_err_set(err, HD_EINVAL, "unknown option '%s' (see --help)", arg);
-        if (eq) val = eq + 1;
-        else if (a + 1 < argc) val = argv[++a];
-        else return hd_err_set(err, HD_EINVAL, "--%s: missing value", o->name);
+        if (eq)
+            val = eq + 1;
+        else if (a + 1 < argc)
+            val = argv[++a];
+        else
+            return hd_err_set(err, HD_EINVAL, "--%s: missing value", o->name);
         if ((rc = set_opt(&tmp, o, val, "command line", err)) != HD_OK) return rc;
     }
     if (strlen(tmp.admin_token) < 16)

@@ -20,14 +20,14 @@ typedef struct {
     char admin_token[CONFIG_STR_MAX]; /* required, >= 16 characters */
     char tls_cert[CONFIG_STR_MAX];    /* "" = plain HTTP */
     char tls_key[CONFIG_STR_MAX];
-    int64_t max_body_bytes;           /* request body limit */
-    int64_t lease_seconds;            /* default lease lifetime for specs without one */
-    int64_t log_level;                /* hd_log_level */
-    int64_t threads;                  /* 0 = one thread per connection, else a pool */
-    int64_t sync_full;                /* 1 = PRAGMA synchronous=FULL */
-    int64_t conn_limit;               /* maximum concurrent connections */
-    int64_t max_wait;                 /* longest long-poll, seconds */
-    int64_t discard_posts;            /* bench only: read step bodies and discard them */
+    int64_t max_body_bytes; /* request body limit */
+    int64_t lease_seconds;  /* default lease lifetime for specs without one */
+    int64_t log_level;      /* hd_log_level */
+    int64_t threads;        /* 0 = one thread per connection, else a pool */
+    int64_t sync_full;      /* 1 = PRAGMA synchronous=FULL */
+    int64_t conn_limit;     /* maximum concurrent connections */
+    int64_t max_wait;       /* longest long-poll, seconds */
+    int64_t discard_posts;  /* bench only: read step bodies and discard them */
 } server_config;
 
 /* Resolve the configuration from argv (borrowed). Prints --help to out and

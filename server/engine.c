@@ -26,10 +26,10 @@
 #include "srvutil.h"
 #include "vec.h"
 
-#define ID_HEX 16           /* random bytes of a lease or worker id */
+#define ID_HEX 16 /* random bytes of a lease or worker id */
 #define ID_LEN (2 * ID_HEX + 1)
 #define TOKEN_BYTES 32
-#define EVAL_JOB_MAX 100    /* tasks per evaluation job */
+#define EVAL_JOB_MAX 100 /* tasks per evaluation job */
 #define NAME_MAX_LEN 64
 /* Async: store lam/opt (and prune the async log) at least every N updates
  * or S seconds. A snapshot costs 3 x n_lam doubles (lam, Adam m and v: 490
@@ -58,17 +58,17 @@ typedef struct lease {
     struct engine_run *run;
     char worker[ID_LEN];
     lkind kind;
-    int episode;         /* episode the lease belongs to */
-    int *slots;          /* owned, nslots entries (train / estimate) */
+    int episode; /* episode the lease belongs to */
+    int *slots;  /* owned, nslots entries (train / estimate) */
     int nslots;
-    int resume_step;     /* steps already counted for these slots */
-    int job;             /* eval job index, -1 otherwise */
+    int resume_step; /* steps already counted for these slots */
+    int job;         /* eval job index, -1 otherwise */
     lstate state;
     double deadline;     /* monotonic seconds */
     int64_t lam_version; /* as granted (V0 for sync train) */
     int64_t phi_version;
     double theta;
-    double granted_at;   /* unix seconds */
+    double granted_at; /* unix seconds */
 } lease_t;
 
 typedef struct {
@@ -87,9 +87,9 @@ typedef struct {
 } pend_t;
 
 typedef struct {
-    int stream;      /* TASK_STREAM_VAL or TASK_STREAM_TEST */
+    int stream; /* TASK_STREAM_VAL or TASK_STREAM_TEST */
     int first, count;
-    lease_t *lease;  /* owner or NULL */
+    lease_t *lease; /* owner or NULL */
     int done;
     double loss_sum;
     long cnt;
@@ -104,17 +104,17 @@ typedef struct {
 } round_t;
 
 typedef struct {
-    int ended;       /* training of the episode finished */
-    double tl_sum;   /* sum of per-slot train losses */
+    int ended;     /* training of the episode finished */
+    double tl_sum; /* sum of per-slot train losses */
     long tl_n;
-    double hg_sum;   /* sum of reported hypergradient norms */
+    double hg_sum; /* sum of reported hypergradient norms */
     long hg_n;
     long blowups, skipped;
     int has_val, has_test;
     double val_loss, test_loss;
     double theta;
-    long vjps;       /* cumulative at the end of the episode */
-    double seconds;  /* since run creation at the end of the episode */
+    long vjps;      /* cumulative at the end of the episode */
+    double seconds; /* since run creation at the end of the episode */
     int64_t lam_version;
 } mrow_t;
 
@@ -154,36 +154,36 @@ typedef struct {
 
 struct engine_run {
     pthread_mutex_t mu;
-    pthread_cond_t cv;     /* publication of lam/phi versions */
+    pthread_cond_t cv; /* publication of lam/phi versions */
     engine_t *eng;
     int64_t id;
     double created_at;
     char token[2 * TOKEN_BYTES + 1];
     run_spec spec;
-    char *spec_json;       /* canonical */
+    char *spec_json; /* canonical */
     int T, B, M;
     size_t n_lam, n_w;
     int lease_seconds;
     rstate state;
     rphase phase;
     char error[256];
-    int episode;           /* current episode 1..M */
-    int open_step;         /* sync: next posting step to complete, T+1 when none */
-    int64_t v0;            /* lam version at the start of the episode's training */
+    int episode;   /* current episode 1..M */
+    int open_step; /* sync: next posting step to complete, T+1 when none */
+    int64_t v0;    /* lam version at the start of the episode's training */
     int64_t lam_version, phi_version;
     double theta;
-    double *lam, *phi;     /* hot copies */
+    double *lam, *phi; /* hot copies */
     outer_state opt;
-    slot_t *slots;         /* B */
-    pend_t *pend;          /* B */
+    slot_t *slots; /* B */
+    pend_t *pend;  /* B */
     int npend, pend_k;
-    double **finals;       /* B */
+    double **finals; /* B */
     round_t *rounds;
     int nrounds, caprounds;
     job_t *jobs;
     int njobs;
     int eval_episode;
-    mrow_t *mrows;         /* episode-1 indexed, nmrows allocated */
+    mrow_t *mrows; /* episode-1 indexed, nmrows allocated */
     int nmrows;
     lease_t **leases;
     int nleases, capleases;
@@ -193,7 +193,7 @@ struct engine_run {
     hist_t *hist;
     int nhist, caphist;
     long vjps;
-    long posts;            /* accepted step posts */
+    long posts; /* accepted step posts */
     long st_n, st_max, st_refused;
     double st_sum;
     double meta_val_loss, meta_test_loss;
@@ -201,38 +201,38 @@ struct engine_run {
     /* publication (committed state) */
     int64_t pub_lam_version, pub_phi_version;
     blob_t *pub_lam, *pub_phi;
-    double *pub_lam_vec;   /* committed lam not encoded yet (owned), or NULL: see pub_lam_blob */
+    double *pub_lam_vec; /* committed lam not encoded yet (owned), or NULL: see pub_lam_blob */
     /* commit queue */
     store_op *ops_head, *ops_tail;
     int queued;
     int lam_dirty, phi_dirty;
-    int state_dirty;       /* the run_state row must be written at the next commit (async
+    int state_dirty; /* the run_state row must be written at the next commit (async
                               posts alone leave it clean: a restart rebuilds their counters
                               from the async log) */
-    alog_t *alog;          /* async posts logged whose idem rows are not written yet (owned) */
+    alog_t *alog;    /* async posts logged whose idem rows are not written yet (owned) */
     int nalog, capalog;
-    int64_t alog_flushed;  /* async: idem rows are written for every post up to this version */
-    int alog_cleared;      /* async: the finished run's async log was deleted */
-    int64_t blob_version;  /* lam version of the stored lam/opt blobs */
-    long blob_opt_step;    /* optimiser step of the stored blobs */
-    double blob_time;      /* monotonic time of the last lam snapshot */
+    int64_t alog_flushed; /* async: idem rows are written for every post up to this version */
+    int alog_cleared;     /* async: the finished run's async log was deleted */
+    int64_t blob_version; /* lam version of the stored lam/opt blobs */
+    long blob_opt_step;   /* optimiser step of the stored blobs */
+    double blob_time;     /* monotonic time of the last lam snapshot */
     struct engine_run *next_dirty;
 };
 
 struct engine {
     engine_cfg cfg;
-    pthread_mutex_t mu;    /* runs table, lease index */
-    engine_run **runs;     /* index id-1 */
+    pthread_mutex_t mu; /* runs table, lease index */
+    engine_run **runs;  /* index id-1 */
     int nruns, capruns;
-    hmap_t *lease_index;   /* lease id -> lease_t */
-    pthread_mutex_t qmu;   /* dirty list */
+    hmap_t *lease_index; /* lease id -> lease_t */
+    pthread_mutex_t qmu; /* dirty list */
     pthread_cond_t qcv;
     engine_run *dirty_head, *dirty_tail;
     int stop_committer;
-    pthread_mutex_t cmu;   /* commit completion */
+    pthread_mutex_t cmu; /* commit completion */
     pthread_cond_t ccv;
     volatile int shutting_down;
-    atomic_int inflight;   /* step requests between their start and their enqueue (gather) */
+    atomic_int inflight; /* step requests between their start and their enqueue (gather) */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -300,16 +300,20 @@ static void enqueue_op(engine_run *r, store_op *op, int state) {
     engine_t *e = r->eng;
     if (state) r->state_dirty = 1;
     if (op) {
-        if (r->ops_tail) r->ops_tail->next = op;
-        else r->ops_head = op;
+        if (r->ops_tail)
+            r->ops_tail->next = op;
+        else
+            r->ops_head = op;
         r->ops_tail = op;
     }
     if (!r->queued) {
         r->queued = 1;
         pthread_mutex_lock(&e->qmu);
         r->next_dirty = NULL;
-        if (e->dirty_tail) e->dirty_tail->next_dirty = r;
-        else e->dirty_head = r;
+        if (e->dirty_tail)
+            e->dirty_tail->next_dirty = r;
+        else
+            e->dirty_head = r;
         e->dirty_tail = r;
         pthread_cond_signal(&e->qcv);
         pthread_mutex_unlock(&e->qmu);
@@ -370,7 +374,8 @@ static cJSON *lease_to_json(const engine_run *r, const lease_t *l, int for_clien
     cJSON_AddStringToObject(o, "kind", lkind_names[l->kind]);
     cJSON_AddNumberToObject(o, "episode", l->episode);
     cJSON *sl = cJSON_AddArrayToObject(o, "slots");
-    for (int i = 0; sl && i < l->nslots; i++) cJSON_AddItemToArray(sl, cJSON_CreateNumber(l->slots[i]));
+    for (int i = 0; sl && i < l->nslots; i++)
+        cJSON_AddItemToArray(sl, cJSON_CreateNumber(l->slots[i]));
     cJSON_AddNumberToObject(o, "resume_step", l->resume_step);
     cJSON_AddNumberToObject(o, "lam_version", (double)l->lam_version);
     cJSON_AddNumberToObject(o, "phi_version", (double)l->phi_version);
@@ -416,11 +421,15 @@ static cJSON *mrow_to_json(const mrow_t *m, int episode, int exact) {
         add_exact(o, "theta", m->theta);
         add_exact(o, "seconds", m->seconds);
     } else {
-        if (m->tl_n) cJSON_AddNumberToObject(o, "train_loss", m->tl_sum / (double)m->tl_n);
-        else cJSON_AddNullToObject(o, "train_loss");
+        if (m->tl_n)
+            cJSON_AddNumberToObject(o, "train_loss", m->tl_sum / (double)m->tl_n);
+        else
+            cJSON_AddNullToObject(o, "train_loss");
         if (m->has_val) cJSON_AddNumberToObject(o, "val_loss", m->val_loss);
-        if (m->hg_n) cJSON_AddNumberToObject(o, "hypergrad_norm", m->hg_sum / (double)m->hg_n);
-        else cJSON_AddNullToObject(o, "hypergrad_norm");
+        if (m->hg_n)
+            cJSON_AddNumberToObject(o, "hypergrad_norm", m->hg_sum / (double)m->hg_n);
+        else
+            cJSON_AddNullToObject(o, "hypergrad_norm");
         cJSON_AddNumberToObject(o, "theta", m->theta);
         cJSON_AddNumberToObject(o, "seconds", m->seconds);
         if (m->has_test) cJSON_AddNumberToObject(o, "meta_test_loss", m->test_loss);
@@ -449,7 +458,8 @@ static mrow_t *mrow(engine_run *r, int episode) {
 static void metrics_put(engine_run *r, int episode) {
     mrow_t *m = mrow(r, episode);
     if (!m) return;
-    store_op *op = op_text(STORE_OP_METRICS_PUT, r, NULL, jsonutil_print_free(mrow_to_json(m, episode, 1)));
+    store_op *op =
+        op_text(STORE_OP_METRICS_PUT, r, NULL, jsonutil_print_free(mrow_to_json(m, episode, 1)));
     if (op) op->i[0] = episode;
     enqueue(r, op);
 }
@@ -544,8 +554,10 @@ static hd_rc hist_push(engine_run *r, int64_t version, const double *lam) {
 static void hist_prune(engine_run *r, int64_t keep_from) {
     int j = 0;
     for (int i = 0; i < r->nhist; i++) {
-        if (r->hist[i].version < keep_from) free(r->hist[i].lam);
-        else r->hist[j++] = r->hist[i];
+        if (r->hist[i].version < keep_from)
+            free(r->hist[i].lam);
+        else
+            r->hist[j++] = r->hist[i];
     }
     r->nhist = j;
 }
@@ -557,7 +569,8 @@ static const double *hist_get(const engine_run *r, int64_t version) {
 }
 
 static round_t *round_cur(engine_run *r) {
-    if (r->nrounds && r->rounds[r->nrounds - 1].episode == r->episode) return &r->rounds[r->nrounds - 1];
+    if (r->nrounds && r->rounds[r->nrounds - 1].episode == r->episode)
+        return &r->rounds[r->nrounds - 1];
     return NULL;
 }
 
@@ -679,7 +692,8 @@ static void make_jobs(engine_run *r, int with_val, int with_test) {
     free(r->jobs);
     r->jobs = NULL;
     r->njobs = 0;
-    int nval = with_val ? r->spec.meta_val_tasks : 0, ntest = with_test ? r->spec.meta_test_tasks : 0;
+    int nval = with_val ? r->spec.meta_val_tasks : 0,
+        ntest = with_test ? r->spec.meta_test_tasks : 0;
     int n = (nval + EVAL_JOB_MAX - 1) / EVAL_JOB_MAX + (ntest + EVAL_JOB_MAX - 1) / EVAL_JOB_MAX;
     if (n == 0) return;
     r->jobs = calloc((size_t)n, sizeof *r->jobs);
@@ -797,8 +811,8 @@ static void finish_training(engine_run *r) {
         m->lam_version = r->lam_version;
         metrics_put(r, r->episode);
     }
-    HD_LOG_INFO("episode done run=%lld episode=%d phi_version=%lld lam_version=%lld", (long long)r->id,
-                r->episode, (long long)r->phi_version, (long long)r->lam_version);
+    HD_LOG_INFO("episode done run=%lld episode=%d phi_version=%lld lam_version=%lld",
+                (long long)r->id, r->episode, (long long)r->phi_version, (long long)r->lam_version);
     after_episode(r);
 }
 
@@ -828,7 +842,8 @@ static void finish_estimation(engine_run *r) {
 static void lease_drop(engine_run *r, lease_t *l, lstate st) {
     l->state = st;
     if (l->kind == LK_EVAL) {
-        if (l->job >= 0 && l->job < r->njobs && r->jobs[l->job].lease == l) r->jobs[l->job].lease = NULL;
+        if (l->job >= 0 && l->job < r->njobs && r->jobs[l->job].lease == l)
+            r->jobs[l->job].lease = NULL;
     } else if (l->episode == r->episode) {
         for (int i = 0; i < l->nslots; i++) {
             slot_t *s = &r->slots[l->slots[i]];
@@ -880,7 +895,9 @@ static lease_t *lease_lock(engine_t *e, const char *id, hd_err *err) {
 }
 
 static hd_rc lease_active(const engine_run *r, const lease_t *l, hd_err *err) {
-    if (run_finished(r)) return hd_err_set(err, HD_EGONE, "run %lld is %s", (long long)r->id, rstate_names[r->state]);
+    if (run_finished(r))
+        return hd_err_set(err, HD_EGONE, "run %lld is %s", (long long)r->id,
+                          rstate_names[r->state]);
     if (l->state != LS_ACTIVE)
         return hd_err_set(err, HD_EGONE, "lease %s is %s", l->id, lstate_names[l->state]);
     return HD_OK;
@@ -977,7 +994,8 @@ static void alog_checkpoint(engine_run *r) {
         const alog_t *a = &r->alog[i];
         int cnt = 0;
         for (int j = i; j < r->nalog; j++)
-            cnt += !done[j] && r->alog[j].episode == a->episode && strcmp(r->alog[j].lease, a->lease) == 0;
+            cnt += !done[j] && r->alog[j].episode == a->episode &&
+                   strcmp(r->alog[j].lease, a->lease) == 0;
         store_op *op = store_op_new(STORE_OP_IDEM_STEPS_PUT, r->id);
         int64_t *pairs = op ? malloc((size_t)cnt * 2 * sizeof *pairs) : NULL;
         if (op) op->key = strdup(a->lease);
@@ -989,7 +1007,9 @@ static void alog_checkpoint(engine_run *r) {
         }
         int k = 0;
         for (int j = i; j < r->nalog; j++) {
-            if (done[j] || r->alog[j].episode != a->episode || strcmp(r->alog[j].lease, a->lease) != 0) continue;
+            if (done[j] || r->alog[j].episode != a->episode ||
+                strcmp(r->alog[j].lease, a->lease) != 0)
+                continue;
             done[j] = 1;
             pairs[2 * k] = r->alog[j].t;
             pairs[2 * k + 1] = r->alog[j].version;
@@ -998,8 +1018,10 @@ static void alog_checkpoint(engine_run *r) {
         op->i[0] = a->episode;
         op->raw = (uint8_t *)pairs;
         op->raw_len = (size_t)cnt * 2 * sizeof *pairs;
-        if (tail) tail->next = op;
-        else head = op;
+        if (tail)
+            tail->next = op;
+        else
+            head = op;
         tail = op;
     }
     free(done);
@@ -1148,7 +1170,8 @@ static hd_rc run_alloc(engine_t *e, const run_spec *spec, engine_run **out, hd_e
         outer_state_init(&r->opt, &spec->outer, r->n_lam, err) != HD_OK) {
         mlp_free(model);
         run_free(r);
-        return hd_err_set(err, HD_ENOMEM, "out of memory for a run with %zu hyperparameters", r->n_lam);
+        return hd_err_set(err, HD_ENOMEM, "out of memory for a run with %zu hyperparameters",
+                          r->n_lam);
     }
     mlp_init_params(model, spec->seed, r->n_lam ? r->lam : NULL, r->phi);
     mlp_free(model);
@@ -1161,7 +1184,8 @@ static hd_rc run_register(engine_t *e, engine_run *r, hd_err *err) {
     if (r->id == 0) r->id = e->nruns + 1;
     if (r->id != e->nruns + 1) {
         pthread_mutex_unlock(&e->mu);
-        return hd_err_set(err, HD_EDB, "run ids are not dense (%lld after %d)", (long long)r->id, e->nruns);
+        return hd_err_set(err, HD_EDB, "run ids are not dense (%lld after %d)", (long long)r->id,
+                          e->nruns);
     }
     if (e->nruns == e->capruns) {
         int n = e->capruns ? e->capruns * 2 : 16;
@@ -1298,8 +1322,10 @@ static cJSON *run_summary(engine_run *r, int full) {
             last = m;
             break;
         }
-    if (last) cJSON_AddItemToObject(o, "last_metrics", mrow_to_json(&r->mrows[last - 1], last, 0));
-    else cJSON_AddNullToObject(o, "last_metrics");
+    if (last)
+        cJSON_AddItemToObject(o, "last_metrics", mrow_to_json(&r->mrows[last - 1], last, 0));
+    else
+        cJSON_AddNullToObject(o, "last_metrics");
     cJSON *st = cJSON_AddObjectToObject(o, "staleness");
     if (st) {
         cJSON_AddNumberToObject(st, "count", (double)r->st_n);
@@ -1313,8 +1339,10 @@ static cJSON *run_summary(engine_run *r, int full) {
         cJSON *s = cJSON_CreateObject();
         if (!s) break;
         cJSON_AddNumberToObject(s, "slot", b);
-        if (r->slots[b].lease) cJSON_AddStringToObject(s, "lease_id", r->slots[b].lease->id);
-        else cJSON_AddNullToObject(s, "lease_id");
+        if (r->slots[b].lease)
+            cJSON_AddStringToObject(s, "lease_id", r->slots[b].lease->id);
+        else
+            cJSON_AddNullToObject(s, "lease_id");
         cJSON_AddNumberToObject(s, "done", r->slots[b].done);
         cJSON_AddBoolToObject(s, "final", r->slots[b].final);
         cJSON_AddBoolToObject(s, "sampled", r->slots[b].sampled);
@@ -1367,12 +1395,14 @@ char *engine_runs_json(engine_t *e) {
     return jsonutil_print_free(root);
 }
 
-hd_rc engine_run_control(engine_t *e, engine_run *r, const char *action, char **reply, hd_err *err) {
+hd_rc engine_run_control(engine_t *e, engine_run *r, const char *action, char **reply,
+                         hd_err *err) {
     waiter_t w;
     hd_rc rc = HD_OK;
     pthread_mutex_lock(&r->mu);
     if (run_finished(r)) {
-        rc = hd_err_set(err, HD_ECONFLICT, "run %lld is already %s", (long long)r->id, rstate_names[r->state]);
+        rc = hd_err_set(err, HD_ECONFLICT, "run %lld is already %s", (long long)r->id,
+                        rstate_names[r->state]);
     } else if (strcmp(action, "pause") == 0) {
         r->state = RS_PAUSED;
     } else if (strcmp(action, "resume") == 0) {
@@ -1383,7 +1413,8 @@ hd_rc engine_run_control(engine_t *e, engine_run *r, const char *action, char **
         for (int i = 0; i < r->nleases; i++)
             if (r->leases[i]->state == LS_ACTIVE) lease_drop(r, r->leases[i], LS_ENDED);
     } else {
-        rc = hd_err_set(err, HD_ENOTFOUND, "unknown action '%.32s' (pause, resume, cancel)", action);
+        rc =
+            hd_err_set(err, HD_ENOTFOUND, "unknown action '%.32s' (pause, resume, cancel)", action);
     }
     if (rc == HD_OK) rc = submit(r, &w, err);
     const char *st = rstate_names[r->state];
@@ -1411,8 +1442,10 @@ char *engine_metrics_json(engine_t *e, engine_run *r) {
 }
 
 static void csv_num(char *buf, size_t cap, double d, int have) {
-    if (have && isfinite(d)) snprintf(buf, cap, "%.17g", d);
-    else buf[0] = 0;
+    if (have && isfinite(d))
+        snprintf(buf, cap, "%.17g", d);
+    else
+        buf[0] = 0;
 }
 
 char *engine_metrics_csv(engine_t *e, engine_run *r) {
@@ -1421,9 +1454,10 @@ char *engine_metrics_csv(engine_t *e, engine_run *r) {
     size_t cap = 256 + (size_t)r->nmrows * 256, len = 0;
     char *out = malloc(cap);
     if (out) {
-        len = (size_t)snprintf(out, cap,
-                               "episode,train_loss,val_loss,meta_test_loss,hypergrad_norm,theta,vjps,seconds,"
-                               "blowups,skipped_steps,lam_version\n");
+        len = (size_t)snprintf(
+            out, cap,
+            "episode,train_loss,val_loss,meta_test_loss,hypergrad_norm,theta,vjps,seconds,"
+            "blowups,skipped_steps,lam_version\n");
         for (int m = 1; m <= r->nmrows && m <= r->M; m++) {
             const mrow_t *x = &r->mrows[m - 1];
             if (!x->ended) continue;
@@ -1432,9 +1466,9 @@ char *engine_metrics_csv(engine_t *e, engine_run *r) {
             csv_num(b, sizeof b, x->val_loss, x->has_val);
             csv_num(c, sizeof c, x->test_loss, x->has_test);
             csv_num(d, sizeof d, x->hg_n ? x->hg_sum / (double)x->hg_n : 0, x->hg_n > 0);
-            len += (size_t)snprintf(out + len, cap - len, "%d,%s,%s,%s,%s,%.17g,%ld,%.6f,%ld,%ld,%lld\n", m,
-                                    a, b, c, d, x->theta, x->vjps, x->seconds, x->blowups, x->skipped,
-                                    (long long)x->lam_version);
+            len += (size_t)snprintf(
+                out + len, cap - len, "%d,%s,%s,%s,%s,%.17g,%ld,%.6f,%ld,%ld,%lld\n", m, a, b, c, d,
+                x->theta, x->vjps, x->seconds, x->blowups, x->skipped, (long long)x->lam_version);
             if (len >= cap) break;
         }
     }
@@ -1451,8 +1485,10 @@ char *engine_samples_json(engine_t *e, engine_run *r) {
         cJSON *o = cJSON_CreateObject();
         if (!o) break;
         cJSON_AddNumberToObject(o, "episode", rd->episode);
-        if (isfinite(rd->theta)) cJSON_AddNumberToObject(o, "theta", rd->theta);
-        else cJSON_AddNullToObject(o, "theta");
+        if (isfinite(rd->theta))
+            cJSON_AddNumberToObject(o, "theta", rd->theta);
+        else
+            cJSON_AddNullToObject(o, "theta");
         cJSON *ss = cJSON_AddArrayToObject(o, "samples");
         for (int b = 0; ss && b < r->B; b++) {
             for (int k = 0; k < rd->n[b]; k++) {
@@ -1483,14 +1519,18 @@ hd_rc engine_tensor_get(engine_t *e, engine_run *r, int which, const engine_tens
     for (;;) {
         int64_t cur = which ? r->pub_phi_version : r->pub_lam_version;
         int ready;
-        if (q->version >= 0) ready = q->version <= cur;
-        else if (q->after >= 0) ready = cur > q->after;
-        else ready = 1;
+        if (q->version >= 0)
+            ready = q->version <= cur;
+        else if (q->after >= 0)
+            ready = cur > q->after;
+        else
+            ready = 1;
         if (ready || wait <= 0 || e->shutting_down || run_finished(r)) {
             out->version = cur;
             if (q->version >= 0) {
                 if (q->version > cur) {
-                    rc = hd_err_set(err, HD_ENOTFOUND, "%s version %lld not reached yet (current %lld)",
+                    rc = hd_err_set(err, HD_ENOTFOUND,
+                                    "%s version %lld not reached yet (current %lld)",
                                     which ? "phi" : "lam", (long long)q->version, (long long)cur);
                 } else if (q->version == cur) {
                     out->status = 200;
@@ -1498,8 +1538,9 @@ hd_rc engine_tensor_get(engine_t *e, engine_run *r, int which, const engine_tens
                 } else {
                     const double *h = which ? NULL : hist_get(r, q->version);
                     if (!h) {
-                        rc = hd_err_set(err, HD_EGONE, "%s version %lld is no longer kept (current %lld)",
-                                        which ? "phi" : "lam", (long long)q->version, (long long)cur);
+                        rc = hd_err_set(
+                            err, HD_EGONE, "%s version %lld is no longer kept (current %lld)",
+                            which ? "phi" : "lam", (long long)q->version, (long long)cur);
                     } else {
                         out->status = 200;
                         out->version = q->version;
@@ -1566,8 +1607,8 @@ static worker_t *worker_find(engine_run *r, const char *id) {
     return NULL;
 }
 
-hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_t len,
-                             char **reply, hd_err *err) {
+hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_t len, char **reply,
+                             hd_err *err) {
     static const char *const keys[] = {"name", "shard", "shards", NULL};
     cJSON *j = NULL;
     hd_rc rc = jsonutil_parse_object(body, len, &j, err);
@@ -1585,9 +1626,11 @@ hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_
     memset(&w, 0, sizeof w);
     snprintf(w.name, sizeof w.name, "%s", name ? name : "");
     cJSON_Delete(j);
-    if (shard >= shards) return hd_err_set(err, HD_EINVAL, "shard: must be < shards (%lld)", (long long)shards);
+    if (shard >= shards)
+        return hd_err_set(err, HD_EINVAL, "shard: must be < shards (%lld)", (long long)shards);
     if (shards > 1 && shards != r->spec.shards)
-        return hd_err_set(err, HD_EINVAL, "shards: must be 1 or the run's spec.shards (%d)", r->spec.shards);
+        return hd_err_set(err, HD_EINVAL, "shards: must be 1 or the run's spec.shards (%d)",
+                          r->spec.shards);
     w.shard = (int)shard;
     w.shards = (int)shards;
     w.created_at = w.last_seen = srvutil_unix();
@@ -1615,9 +1658,7 @@ hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_
 
 /* ---- lease grant ---------------------------------------------------------- */
 
-static int slot_ok(const worker_t *w, int b) {
-    return w->shards <= 1 || b % w->shards == w->shard;
-}
+static int slot_ok(const worker_t *w, int b) { return w->shards <= 1 || b % w->shards == w->shard; }
 
 static lease_t *lease_new(engine_run *r, const worker_t *w, lkind kind, hd_err *err) {
     lease_t *l = calloc(1, sizeof *l);
@@ -1659,8 +1700,8 @@ static hd_rc lease_index(engine_t *e, engine_run *r, lease_t *l, hd_err *err) {
     return HD_OK;
 }
 
-hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t len,
-                           char **reply, hd_err *err) {
+hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t len, char **reply,
+                           hd_err *err) {
     static const char *const keys[] = {"worker_id", "max_slots", NULL};
     cJSON *j = NULL;
     hd_rc rc = jsonutil_parse_object(body, len, &j, err);
@@ -1681,7 +1722,8 @@ hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t 
     expire_leases(r, srvutil_mono());
     worker_t *w = worker_find(r, widbuf);
     if (!w) {
-        rc = hd_err_set(err, HD_ENOTFOUND, "worker_id: no such worker in run %lld", (long long)r->id);
+        rc = hd_err_set(err, HD_ENOTFOUND, "worker_id: no such worker in run %lld",
+                        (long long)r->id);
         goto out;
     }
     w->last_seen = srvutil_unix();
@@ -1754,7 +1796,8 @@ hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t 
         }
     }
     HD_LOG_INFO("lease granted run=%lld lease=%s kind=%s episode=%d slots=%d resume=%d worker=%s",
-                (long long)r->id, l->id, lkind_names[l->kind], l->episode, l->nslots, l->resume_step, w->id);
+                (long long)r->id, l->id, lkind_names[l->kind], l->episode, l->nslots,
+                l->resume_step, w->id);
     pthread_mutex_unlock(&r->mu);
     rc = wait_commit(e, &wt, err);
     if (rc == HD_OK && !*reply) rc = hd_err_set(err, HD_ENOMEM, "out of memory");
@@ -1848,8 +1891,8 @@ static int apply_update(engine_run *r, double *g) {
  * as received (the async log stores them; float32 -> double -> float32 is
  * exact). On failure the error goes to derr and is reported by the caller
  * at the point where the checks under the lock would have decoded. */
-static hd_rc step_decode(const engine_run *r, const uint8_t *npy, size_t len, double **g, float **g32,
-                         hd_err *derr) {
+static hd_rc step_decode(const engine_run *r, const uint8_t *npy, size_t len, double **g,
+                         float **g32, hd_err *derr) {
     *g = malloc((r->n_lam ? r->n_lam : 1) * sizeof **g);
     if (!*g) return hd_err_set(derr, HD_ENOMEM, "out of memory");
     size_t shape[1] = {r->n_lam};
@@ -1857,8 +1900,8 @@ static hd_rc step_decode(const engine_run *r, const uint8_t *npy, size_t len, do
     hd_rc rc = npy_decode_into(npy, len, &dt, 1, shape, 1, *g, derr);
     if (rc != HD_OK) return rc;
     if ((dt == NPY_F32) != (r->spec.wire_f32 != 0))
-        return hd_err_set(derr, HD_EINVAL, "dtype %s: this run's wire dtype is %s", dt == NPY_F32 ? "<f4" : "<f8",
-                          r->spec.wire_f32 ? "<f4" : "<f8");
+        return hd_err_set(derr, HD_EINVAL, "dtype %s: this run's wire dtype is %s",
+                          dt == NPY_F32 ? "<f4" : "<f8", r->spec.wire_f32 ? "<f4" : "<f8");
     if (!is_sync(r) && r->spec.wire_f32) {
         *g32 = malloc((r->n_lam ? r->n_lam : 1) * sizeof **g32);
         if (!*g32) return hd_err_set(derr, HD_ENOMEM, "out of memory");
@@ -1908,26 +1951,31 @@ static hd_rc lease_step(engine_t *e, const char *lease_id, int64_t t, int64_t k,
     }
     if ((rc = lease_active(r, l, err)) != HD_OK) goto out;
     if (l->kind != LK_TRAIN) {
-        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is a %s lease: it posts no steps", l->id, lkind_names[l->kind]);
+        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is a %s lease: it posts no steps", l->id,
+                        lkind_names[l->kind]);
         goto out;
     }
     if (t < 1 || t > r->T || !method_posts_at(&r->spec.method, (int)t, r->T)) {
-        rc = hd_err_set(err, HD_EINVAL, "t=%lld: not a posting step of this method (T=%d)", (long long)t, r->T);
+        rc = hd_err_set(err, HD_EINVAL, "t=%lld: not a posting step of this method (T=%d)",
+                        (long long)t, r->T);
         goto out;
     }
     if (k >= 0 && k != l->nslots) {
-        rc = hd_err_set(err, HD_EINVAL, "slots=%lld: the lease holds %d slots", (long long)k, l->nslots);
+        rc = hd_err_set(err, HD_EINVAL, "slots=%lld: the lease holds %d slots", (long long)k,
+                        l->nslots);
         goto out;
     }
     for (int i = 0; i < l->nslots; i++) {
         if (r->slots[l->slots[i]].done >= t) {
-            rc = hd_err_set(err, HD_ECONFLICT, "step %lld of slot %d was already counted", (long long)t, l->slots[i]);
+            rc = hd_err_set(err, HD_ECONFLICT, "step %lld of slot %d was already counted",
+                            (long long)t, l->slots[i]);
             goto out;
         }
     }
     if (is_sync(r)) {
         if (t != r->open_step) {
-            rc = hd_err_set(err, HD_ECONFLICT, "step %lld is not open: the open step is %d", (long long)t, r->open_step);
+            rc = hd_err_set(err, HD_ECONFLICT, "step %lld is not open: the open step is %d",
+                            (long long)t, r->open_step);
             goto out;
         }
         if (version != r->lam_version) {
@@ -1937,22 +1985,26 @@ static hd_rc lease_step(engine_t *e, const char *lease_id, int64_t t, int64_t k,
         }
     } else {
         if (version > r->lam_version || version < 0) {
-            rc = hd_err_set(err, HD_EINVAL, "version=%lld: the newest lam version is %lld", (long long)version,
-                            (long long)r->lam_version);
+            rc = hd_err_set(err, HD_EINVAL, "version=%lld: the newest lam version is %lld",
+                            (long long)version, (long long)r->lam_version);
             goto out;
         }
         int64_t stale = r->lam_version - version;
         if (stale > r->spec.max_staleness) {
             r->st_refused++;
-            rc = hd_err_set(err, HD_ECONFLICT, "stale gradient: computed with version %lld, current %lld "
-                            "(staleness %lld > max_staleness %d)", (long long)version, (long long)r->lam_version,
-                            (long long)stale, r->spec.max_staleness);
+            rc = hd_err_set(err, HD_ECONFLICT,
+                            "stale gradient: computed with version %lld, current %lld "
+                            "(staleness %lld > max_staleness %d)",
+                            (long long)version, (long long)r->lam_version, (long long)stale,
+                            r->spec.max_staleness);
             goto out;
         }
     }
     if (r != r0 || drc != HD_OK) {
-        if (r != r0) rc = hd_err_set(err, HD_EINTERNAL, "lease %s changed runs", l->id);
-        else if (err) *err = derr;
+        if (r != r0)
+            rc = hd_err_set(err, HD_EINTERNAL, "lease %s changed runs", l->id);
+        else if (err)
+            *err = derr;
         if (r == r0) rc = drc;
         goto out;
     }
@@ -2068,8 +2120,10 @@ static hd_rc lease_step(engine_t *e, const char *lease_id, int64_t t, int64_t k,
     char body[128];
     step_body(body, sizeof body, r->lam_version);
     int sync = is_sync(r);
-    if (sync) idem_put(r, l, STORE_IDEM_STEP, t, body);
-    else idem_remember(r, l->id, l->episode, STORE_IDEM_STEP, t, body);
+    if (sync)
+        idem_put(r, l, STORE_IDEM_STEP, t, body);
+    else
+        idem_remember(r, l->id, l->episode, STORE_IDEM_STEP, t, body);
     if ((rc = submit_op(r, &wt, sync, err)) != HD_OK) goto out;
     pthread_mutex_unlock(&r->mu);
     free(g);
@@ -2140,7 +2194,8 @@ hd_rc engine_lease_samples(engine_t *e, const char *lease_id, const char *body, 
     round_t *rd = round_cur(r);
     if ((rc = lease_active(r, l, err)) != HD_OK) goto out;
     if (l->kind != LK_ESTIMATE || r->phase != PH_ESTIMATE || !rd) {
-        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is not an estimation lease of the open round", l->id);
+        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is not an estimation lease of the open round",
+                        l->id);
         goto out;
     }
     if (lease_slot_pos(l, slot) < 0) {
@@ -2148,8 +2203,10 @@ hd_rc engine_lease_samples(engine_t *e, const char *lease_id, const char *body, 
         goto out;
     }
     if (nx != ny || (nx != 0 && nx != (size_t)r->T)) {
-        rc = hd_err_set(err, HD_EINVAL, "x and y must both hold T=%d numbers (or both be empty for a "
-                        "blown-up slot); got %zu and %zu", r->T, nx, ny);
+        rc = hd_err_set(err, HD_EINVAL,
+                        "x and y must both hold T=%d numbers (or both be empty for a "
+                        "blown-up slot); got %zu and %zu",
+                        r->T, nx, ny);
         goto out;
     }
     if (r->slots[slot].sampled) {
@@ -2176,8 +2233,8 @@ hd_rc engine_lease_samples(engine_t *e, const char *lease_id, const char *body, 
     for (int b = 0; b < r->B; b++) all &= r->slots[b].sampled;
     if (all) finish_estimation(r);
     char out_body[128];
-    snprintf(out_body, sizeof out_body, "{\"accepted\":true,\"theta\":%.17g,\"phase\":\"%s\"}", r->theta,
-             phase_names[r->phase]);
+    snprintf(out_body, sizeof out_body, "{\"accepted\":true,\"theta\":%.17g,\"phase\":\"%s\"}",
+             r->theta, phase_names[r->phase]);
     idem_put(r, l, STORE_IDEM_SAMPLES, slot, out_body);
     if ((rc = submit(r, &wt, err)) != HD_OK) goto out;
     pthread_mutex_unlock(&r->mu);
@@ -2207,7 +2264,8 @@ hd_rc engine_lease_final(engine_t *e, const char *lease_id, int64_t slot, const 
     }
     if ((rc = lease_active(r, l, err)) != HD_OK) goto out;
     if (l->kind != LK_TRAIN || l->episode != r->episode || r->phase != PH_TRAIN) {
-        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is not a training lease of the open episode", l->id);
+        rc = hd_err_set(err, HD_ECONFLICT, "lease %s is not a training lease of the open episode",
+                        l->id);
         goto out;
     }
     if (lease_slot_pos(l, slot) < 0) {
@@ -2216,13 +2274,16 @@ hd_rc engine_lease_final(engine_t *e, const char *lease_id, int64_t slot, const 
     }
     slot_t *s = &r->slots[slot];
     if (s->final) {
-        rc = hd_err_set(err, HD_ECONFLICT, "the final weights of slot %lld are already in", (long long)slot);
+        rc = hd_err_set(err, HD_ECONFLICT, "the final weights of slot %lld are already in",
+                        (long long)slot);
         goto out;
     }
     int lastp = last_post_step(r);
     if (s->done < lastp) {
-        rc = hd_err_set(err, HD_ECONFLICT, "slot %lld has posted steps up to %d; the method posts up to step %d "
-                        "before the final weights", (long long)slot, s->done, lastp);
+        rc = hd_err_set(err, HD_ECONFLICT,
+                        "slot %lld has posted steps up to %d; the method posts up to step %d "
+                        "before the final weights",
+                        (long long)slot, s->done, lastp);
         goto out;
     }
     w = malloc((r->n_w ? r->n_w : 1) * sizeof *w);
@@ -2234,8 +2295,8 @@ hd_rc engine_lease_final(engine_t *e, const char *lease_id, int64_t slot, const 
     npy_dtype dt;
     if ((rc = npy_decode_into(npy, len, &dt, 1, shape, 1, w, err)) != HD_OK) goto out;
     if ((dt == NPY_F32) != (r->spec.wire_f32 != 0)) {
-        rc = hd_err_set(err, HD_EINVAL, "dtype %s: this run's wire dtype is %s", dt == NPY_F32 ? "<f4" : "<f8",
-                        r->spec.wire_f32 ? "<f4" : "<f8");
+        rc = hd_err_set(err, HD_EINVAL, "dtype %s: this run's wire dtype is %s",
+                        dt == NPY_F32 ? "<f4" : "<f8", r->spec.wire_f32 ? "<f4" : "<f8");
         goto out;
     }
     l->deadline = srvutil_mono() + r->lease_seconds;
@@ -2252,7 +2313,8 @@ hd_rc engine_lease_final(engine_t *e, const char *lease_id, int64_t slot, const 
     for (int b = 0; b < r->B; b++) all &= r->slots[b].final;
     if (all) finish_training(r);
     char body[160];
-    snprintf(body, sizeof body, "{\"accepted\":true,\"phi_version\":%lld,\"episode\":%d,\"phase\":\"%s\"}",
+    snprintf(body, sizeof body,
+             "{\"accepted\":true,\"phi_version\":%lld,\"episode\":%d,\"phase\":\"%s\"}",
              (long long)r->phi_version, r->episode, phase_names[r->phase]);
     idem_put(r, l, STORE_IDEM_FINAL, slot, body);
     if ((rc = submit(r, &wt, err)) != HD_OK) goto out;
@@ -2269,7 +2331,8 @@ out:
 hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body, size_t len,
                             char **reply, hd_err *err) {
     static const char *const keys[] = {"metrics", NULL};
-    static const char *const tkeys[] = {"train_loss", "hypergrad_norm", "blowups", "skipped_steps", NULL};
+    static const char *const tkeys[] = {"train_loss", "hypergrad_norm", "blowups", "skipped_steps",
+                                        NULL};
     static const char *const ekeys[] = {"loss_sum", "count", "blowups", NULL};
     cJSON *j = NULL;
     hd_rc rc = jsonutil_parse_object(body, len, &j, err);
@@ -2309,9 +2372,10 @@ hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body,
         goto out;
     }
     if (l->kind == LK_TRAIN) {
-        if (m && ((rc = jsonutil_check_keys(m, tkeys, err)) != HD_OK ||
-                  (rc = jsonutil_int(m, "blowups", 0, 0, 0, INT32_MAX, &blowups, err)) != HD_OK ||
-                  (rc = jsonutil_int(m, "skipped_steps", 0, 0, 0, INT32_MAX, &skipped, err)) != HD_OK))
+        if (m &&
+            ((rc = jsonutil_check_keys(m, tkeys, err)) != HD_OK ||
+             (rc = jsonutil_int(m, "blowups", 0, 0, 0, INT32_MAX, &blowups, err)) != HD_OK ||
+             (rc = jsonutil_int(m, "skipped_steps", 0, 0, 0, INT32_MAX, &skipped, err)) != HD_OK))
             goto out;
         if (m && cJSON_GetObjectItemCaseSensitive(m, "train_loss") &&
             (rc = jsonutil_num_array(m, "train_loss", (size_t)l->nslots, &tl, &ntl, err)) != HD_OK)
@@ -2323,7 +2387,8 @@ hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body,
             int b = l->slots[i];
             int fin = l->episode == r->episode && r->phase == PH_TRAIN ? r->slots[b].final : 1;
             if (!fin) {
-                rc = hd_err_set(err, HD_ECONFLICT, "slot %d of lease %s has no final weights yet", b, l->id);
+                rc = hd_err_set(err, HD_ECONFLICT, "slot %d of lease %s has no final weights yet",
+                                b, l->id);
                 goto out;
             }
         }
@@ -2359,8 +2424,10 @@ hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body,
         jb->lease = NULL;
     } else {
         for (int i = 0; i < l->nslots; i++)
-            if (l->episode == r->episode && r->phase == PH_ESTIMATE && !r->slots[l->slots[i]].sampled) {
-                rc = hd_err_set(err, HD_ECONFLICT, "slot %d of lease %s has no samples yet", l->slots[i], l->id);
+            if (l->episode == r->episode && r->phase == PH_ESTIMATE &&
+                !r->slots[l->slots[i]].sampled) {
+                rc = hd_err_set(err, HD_ECONFLICT, "slot %d of lease %s has no samples yet",
+                                l->slots[i], l->id);
                 goto out;
             }
     }
@@ -2372,7 +2439,8 @@ hd_rc engine_lease_complete(engine_t *e, const char *lease_id, const char *body,
         if (all) finish_eval(r);
     }
     char out_body[96];
-    snprintf(out_body, sizeof out_body, "{\"accepted\":true,\"state\":\"%s\"}", rstate_names[r->state]);
+    snprintf(out_body, sizeof out_body, "{\"accepted\":true,\"state\":\"%s\"}",
+             rstate_names[r->state]);
     idem_put(r, l, STORE_IDEM_COMPLETE, 0, out_body);
     if ((rc = submit(r, &wt, err)) != HD_OK) goto out;
     pthread_mutex_unlock(&r->mu);
@@ -2448,8 +2516,7 @@ static void snapshot(engine_run *r, store_hot *h, pubrec *p) {
         }
         p->lam_version = r->lam_version;
         r->lam_dirty = 0;
-    }
-    else if (r->lam_version > r->pub_lam_version) {
+    } else if (r->lam_version > r->pub_lam_version) {
         /* Async: lam moved but is not stored this time (its posts are):
          * publish a copy without writing it. */
         p->lam_copy = dup_vec(r->lam, r->n_lam);
@@ -2496,7 +2563,8 @@ void engine_commit_loop(engine_t *e, store_t *st) {
         store_hot *hots = calloc(n, sizeof *hots);
         pubrec *pubs = calloc(n, sizeof *pubs);
         if (!hots || !pubs) {
-            HD_LOG_ERROR("committer: out of memory; exiting so that a restart recovers from the store");
+            HD_LOG_ERROR(
+                "committer: out of memory; exiting so that a restart recovers from the store");
             _exit(70);
         }
         store_op *head = NULL, *tail = NULL;
@@ -2510,15 +2578,19 @@ void engine_commit_loop(engine_t *e, store_t *st) {
                 store_op *op = store_op_new(STORE_OP_ALOG_CLEAR, r->id);
                 if (op) {
                     r->lam_dirty = 1;
-                    if (r->ops_tail) r->ops_tail->next = op;
-                    else r->ops_head = op;
+                    if (r->ops_tail)
+                        r->ops_tail->next = op;
+                    else
+                        r->ops_head = op;
                     r->ops_tail = op;
                     r->alog_cleared = 1;
                 }
             }
             if (r->ops_head) {
-                if (tail) tail->next = r->ops_head;
-                else head = r->ops_head;
+                if (tail)
+                    tail->next = r->ops_head;
+                else
+                    head = r->ops_head;
                 tail = r->ops_tail;
             }
             r->ops_head = r->ops_tail = NULL;
@@ -2660,8 +2732,8 @@ void engine_free(engine_t *e) {
 static hd_rc blob_vec(const void *b, size_t blen, double *out, size_t n, const char *what,
                       int64_t run, hd_err *err) {
     if (blen != n * sizeof(double))
-        return hd_err_set(err, HD_EDB, "run %lld: %s holds %zu bytes, expected %zu", (long long)run, what,
-                          blen, n * sizeof(double));
+        return hd_err_set(err, HD_EDB, "run %lld: %s holds %zu bytes, expected %zu", (long long)run,
+                          what, blen, n * sizeof(double));
     if (n) memcpy(out, b, blen);
     return HD_OK;
 }
@@ -2747,8 +2819,8 @@ static hd_rc load_lease(void *ctx, const store_row *row, hd_err *err) {
 static hd_rc load_hist(void *ctx, const store_row *row, hd_err *err) {
     engine_run *r = ctx;
     if (row->b1_len != r->n_lam * sizeof(double))
-        return hd_err_set(err, HD_EDB, "run %lld: lam version %lld has a bad size", (long long)r->id,
-                          (long long)row->i[0]);
+        return hd_err_set(err, HD_EDB, "run %lld: lam version %lld has a bad size",
+                          (long long)r->id, (long long)row->i[0]);
     double *tmp = blob_dup(row->b1, row->b1_len);
     if (!tmp) return hd_err_set(err, HD_ENOMEM, "out of memory");
     hd_rc rc = hist_push(r, row->i[0], tmp);
@@ -2761,8 +2833,8 @@ static hd_rc load_hist(void *ctx, const store_row *row, hd_err *err) {
 static hd_rc replay_post(engine_run *r, const store_row *row, hd_err *err) {
     if (row->i[4] <= r->lam_version) return HD_OK; /* already in the stored lam */
     if (row->i[4] != r->lam_version + 1)
-        return hd_err_set(err, HD_EDB, "run %lld: logged post of version %lld follows %lld", (long long)r->id,
-                          (long long)row->i[4], (long long)r->lam_version);
+        return hd_err_set(err, HD_EDB, "run %lld: logged post of version %lld follows %lld",
+                          (long long)r->id, (long long)row->i[4], (long long)r->lam_version);
     double *g = malloc((r->n_lam ? r->n_lam : 1) * sizeof *g);
     if (!g) return hd_err_set(err, HD_ENOMEM, "out of memory");
     if (row->b1_len == r->n_lam * sizeof(float)) {
@@ -2886,7 +2958,8 @@ static hd_rc load_idem_steps(void *ctx, const store_row *row, hd_err *err) {
         memcpy(&t, b + off, sizeof t);
         memcpy(&v, b + off + sizeof t, sizeof v);
         step_body(body, sizeof body, v);
-        if (idem_remember(r, row->t1 ? row->t1 : "", (int)row->i[0], STORE_IDEM_STEP, t, body) != HD_OK)
+        if (idem_remember(r, row->t1 ? row->t1 : "", (int)row->i[0], STORE_IDEM_STEP, t, body) !=
+            HD_OK)
             return hd_err_set(err, HD_ENOMEM, "out of memory");
     }
     return HD_OK;
@@ -2968,7 +3041,8 @@ static hd_rc restore_state(engine_run *r, const char *text, hd_err *err) {
     r->eval_episode = (int)get_i64(j, "eval_episode", 0);
     const cJSON *sl = cJSON_GetObjectItemCaseSensitive(j, "slots");
     int b = 0;
-    for (const cJSON *it = cJSON_IsArray(sl) ? sl->child : NULL; it && b < r->B; it = it->next, b++) {
+    for (const cJSON *it = cJSON_IsArray(sl) ? sl->child : NULL; it && b < r->B;
+         it = it->next, b++) {
         slot_t *x = &r->slots[b];
         x->lease = run_lease_by_id(r->eng, get_str(it, "lease"));
         if (x->lease && x->lease->state != LS_ACTIVE) x->lease = NULL;
@@ -3027,16 +3101,20 @@ static hd_rc load_run(void *ctx, const store_row *row, hd_err *err) {
     r->created_at = row->d;
     snprintf(r->token, sizeof r->token, "%s", row->t2 ? row->t2 : "");
     if ((size_t)row->i[1] != r->n_lam || (size_t)row->i[2] != r->n_w) {
-        rc = hd_err_set(err, HD_EDB, "run %lld: stored sizes differ from the spec's model", (long long)r->id);
+        rc = hd_err_set(err, HD_EDB, "run %lld: stored sizes differ from the spec's model",
+                        (long long)r->id);
         goto fail;
     }
-    if ((rc = blob_vec(row->b1, row->b1_len, r->lam, r->n_lam, "lam", r->id, err)) != HD_OK) goto fail;
+    if ((rc = blob_vec(row->b1, row->b1_len, r->lam, r->n_lam, "lam", r->id, err)) != HD_OK)
+        goto fail;
     if (r->opt.m) {
-        if ((rc = blob_vec(row->b2, row->b2_len, r->opt.m, r->n_lam, "opt_m", r->id, err)) != HD_OK ||
+        if ((rc = blob_vec(row->b2, row->b2_len, r->opt.m, r->n_lam, "opt_m", r->id, err)) !=
+                HD_OK ||
             (rc = blob_vec(row->b3, row->b3_len, r->opt.v, r->n_lam, "opt_v", r->id, err)) != HD_OK)
             goto fail;
     }
-    if ((rc = blob_vec(row->b4, row->b4_len, r->phi, r->n_w, "phi", r->id, err)) != HD_OK) goto fail;
+    if ((rc = blob_vec(row->b4, row->b4_len, r->phi, r->n_w, "phi", r->id, err)) != HD_OK)
+        goto fail;
     /* Leases first: the state refers to them by id. */
     if ((rc = store_load(lc->st, STORE_T_LEASES, r->id, load_lease, r, err)) != HD_OK ||
         (rc = store_load(lc->st, STORE_T_WORKERS, r->id, load_worker, r, err)) != HD_OK ||
@@ -3056,9 +3134,13 @@ static hd_rc load_run(void *ctx, const store_row *row, hd_err *err) {
     }
     /* Async: the log may run ahead of the state row (posts alone do not
      * rewrite it), never behind; every update is one optimiser step. */
-    if (r->lam_version < want_version || r->lam_version - want_version != (int64_t)(r->opt.step - want_step)) {
-        rc = hd_err_set(err, HD_EDB, "run %lld: replay reached lam version %lld (step %ld), the state says %lld (%ld)",
-                        (long long)r->id, (long long)r->lam_version, r->opt.step, (long long)want_version, want_step);
+    if (r->lam_version < want_version ||
+        r->lam_version - want_version != (int64_t)(r->opt.step - want_step)) {
+        rc = hd_err_set(
+            err, HD_EDB,
+            "run %lld: replay reached lam version %lld (step %ld), the state says %lld (%ld)",
+            (long long)r->id, (long long)r->lam_version, r->opt.step, (long long)want_version,
+            want_step);
         goto fail;
     }
     r->blob_time = srvutil_mono();
@@ -3082,8 +3164,9 @@ static hd_rc load_run(void *ctx, const store_row *row, hd_err *err) {
     }
     if ((rc = run_register(e, r, err)) != HD_OK) goto fail;
     HD_LOG_INFO("run restored run=%lld state=%s phase=%s episode=%d open_step=%d lam_version=%lld "
-                "pending_posts=%d leases=%d", (long long)r->id, rstate_names[r->state], phase_names[r->phase],
-                r->episode, r->open_step, (long long)r->lam_version, r->npend, r->nleases);
+                "pending_posts=%d leases=%d",
+                (long long)r->id, rstate_names[r->state], phase_names[r->phase], r->episode,
+                r->open_step, (long long)r->lam_version, r->npend, r->nleases);
     return HD_OK;
 fail:
     /* Drop the lease index entries that point into r. */
@@ -3140,7 +3223,8 @@ int engine_run_observe(engine_t *e, engine_run *r, int first, engine_obs_row *ro
         out->leases += r->leases[i]->state == LS_ACTIVE && r->leases[i]->deadline >= now;
     out->created_at = r->created_at;
     int n = 0;
-    for (int m = first < 1 ? 1 : first; n < max_rows && m <= r->nmrows && m <= r->M && m <= r->episode; m++) {
+    for (int m = first < 1 ? 1 : first;
+         n < max_rows && m <= r->nmrows && m <= r->M && m <= r->episode; m++) {
         const mrow_t *x = &r->mrows[m - 1];
         engine_obs_row *o = &rows[n++];
         o->episode = m;

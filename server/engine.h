@@ -76,15 +76,15 @@ char *engine_samples_json(engine_t *e, engine_run *r);
 
 /* ---- tensors -------------------------------------------------------------- */
 typedef struct {
-    int64_t version;   /* >= 0: exactly this version (?version=), else -1 */
-    int64_t after;     /* >= 0: answer only a version > after (If-None-Match / ?after=), else -1 */
-    double wait;       /* seconds to wait for version/after (0 = do not wait) */
+    int64_t version; /* >= 0: exactly this version (?version=), else -1 */
+    int64_t after;   /* >= 0: answer only a version > after (If-None-Match / ?after=), else -1 */
+    double wait;     /* seconds to wait for version/after (0 = do not wait) */
 } engine_tensor_query;
 
 typedef struct {
-    int status;        /* 200, or 304 (not modified) */
-    blob_t *npy;       /* 200: the .npy image (caller owns the reference) */
-    int64_t version;   /* version sent or current */
+    int status;      /* 200, or 304 (not modified) */
+    blob_t *npy;     /* 200: the .npy image (caller owns the reference) */
+    int64_t version; /* version sent or current */
 } engine_tensor_reply;
 
 /* which: 0 = lam (/hyper), 1 = phi (/init). HD_EGONE when the asked version
@@ -93,12 +93,12 @@ hd_rc engine_tensor_get(engine_t *e, engine_run *r, int which, const engine_tens
                         engine_tensor_reply *out, hd_err *err);
 
 /* ---- workers and leases (worker token) ------------------------------------ */
-hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_t len,
-                             char **reply, hd_err *err);
+hd_rc engine_worker_register(engine_t *e, engine_run *r, const char *body, size_t len, char **reply,
+                             hd_err *err);
 /* *reply NULL with HD_OK means "nothing to do now" (204). HD_EGONE when the
  * run is finished. */
-hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t len,
-                           char **reply, hd_err *err);
+hd_rc engine_lease_acquire(engine_t *e, engine_run *r, const char *body, size_t len, char **reply,
+                           hd_err *err);
 /* The run that owns lease id, or NULL. */
 engine_run *engine_lease_run(engine_t *e, const char *lease_id);
 /* Largest body a lease endpoint accepts: what = "steps", "final", "json". */
@@ -119,31 +119,31 @@ hd_rc engine_lease_release(engine_t *e, const char *lease_id, char **reply, hd_e
 /* ---- observation (events.c, metrics.c; read-only) -------------------------- */
 /* Metrics of one episode as the engine holds them now. */
 typedef struct {
-    int episode;          /* 1..M */
-    int ended;            /* 1 once training of the episode finished (Reptile applied) */
-    long train_n;         /* per-slot train losses reported so far */
-    double train_loss;    /* their mean; valid when train_n > 0 */
-    long hg_n;            /* outer updates applied during the episode */
-    double hg_sum;        /* sum of their (clipped) hypergradient norms */
+    int episode;       /* 1..M */
+    int ended;         /* 1 once training of the episode finished (Reptile applied) */
+    long train_n;      /* per-slot train losses reported so far */
+    double train_loss; /* their mean; valid when train_n > 0 */
+    long hg_n;         /* outer updates applied during the episode */
+    double hg_sum;     /* sum of their (clipped) hypergradient norms */
     int has_val, has_test;
     double val_loss, test_loss; /* meta-validation / meta-test loss after the episode */
-    double theta;         /* theta at the end of the episode */
-    double seconds;       /* since run creation at the end of the episode */
-    int64_t lam_version;  /* at the end of the episode */
+    double theta;               /* theta at the end of the episode */
+    double seconds;             /* since run creation at the end of the episode */
+    int64_t lam_version;        /* at the end of the episode */
 } engine_obs_row;
 
 /* Scalars of one run. Strings are static (never freed). */
 typedef struct {
     int64_t id;
-    const char *state;        /* running, paused, completed, failed, cancelled */
-    const char *phase;        /* estimate, train, eval, done */
-    int finished;             /* 1: completed, failed or cancelled */
-    int sync;                 /* 1: sync mode, 0: async */
-    int episode, episodes;    /* current episode 1..M, and M */
-    int step, steps;          /* sync train: open (next) posting step, else 0; and T */
-    int applied_step;         /* sync: posting step of the last outer update of the episode, else 0 */
-    int meta_batch;           /* B */
-    int64_t lam_version;      /* published (committed) lam version */
+    const char *state;     /* running, paused, completed, failed, cancelled */
+    const char *phase;     /* estimate, train, eval, done */
+    int finished;          /* 1: completed, failed or cancelled */
+    int sync;              /* 1: sync mode, 0: async */
+    int episode, episodes; /* current episode 1..M, and M */
+    int step, steps;       /* sync train: open (next) posting step, else 0; and T */
+    int applied_step;      /* sync: posting step of the last outer update of the episode, else 0 */
+    int meta_batch;        /* B */
+    int64_t lam_version;   /* published (committed) lam version */
     int64_t lam_version_head; /* in memory (may lead the published one by one commit) */
     int64_t phi_version;      /* published */
     int64_t outer_steps;      /* outer optimiser steps applied */
@@ -153,9 +153,9 @@ typedef struct {
     long stale_refused;       /* async posts refused as too stale */
     int has_meta_val, has_meta_test;
     double meta_val_loss, meta_test_loss;
-    int workers;              /* registered workers */
-    int leases;               /* active, unexpired leases */
-    double created_at;        /* unix seconds */
+    int workers;       /* registered workers */
+    int leases;        /* active, unexpired leases */
+    double created_at; /* unix seconds */
 } engine_obs;
 
 /* Fill *out with the scalars of run r and rows[0..) with the metrics of

@@ -14,15 +14,15 @@
 #include "log.h"
 #include "srvutil.h"
 
-#define EV_DATA_MAX 1024      /* one event's JSON */
-#define EV_WINDOW 64          /* episodes observed per poll, from the oldest unsettled one */
-#define EV_CLOSE_DELAY 1.0    /* seconds a finished run keeps producing events (late completes) */
-#define EV_PEND_MAX 2048      /* one formatted SSE message */
+#define EV_DATA_MAX 1024   /* one event's JSON */
+#define EV_WINDOW 64       /* episodes observed per poll, from the oldest unsettled one */
+#define EV_CLOSE_DELAY 1.0 /* seconds a finished run keeps producing events (late completes) */
+#define EV_PEND_MAX 2048   /* one formatted SSE message */
 
 typedef struct {
-    uint64_t id;               /* 1, 2, ... per run */
-    const char *type;          /* static event name */
-    char *data;                /* owned JSON text */
+    uint64_t id;      /* 1, 2, ... per run */
+    const char *type; /* static event name */
+    char *data;       /* owned JSON text */
 } ev_item;
 
 typedef struct {
@@ -44,26 +44,26 @@ typedef struct {
 } ev_run;
 
 struct events {
-    engine_t *e;               /* borrowed */
-    pthread_mutex_t mu;        /* runs, rings, stop, counters */
-    pthread_cond_t cv;         /* new events or stop */
-    ev_run **runs;             /* index id-1; NULL until observed */
+    engine_t *e;        /* borrowed */
+    pthread_mutex_t mu; /* runs, rings, stop, counters */
+    pthread_cond_t cv;  /* new events or stop */
+    ev_run **runs;      /* index id-1; NULL until observed */
     int nruns;
-    int stop;                  /* 1 after events_shutdown */
-    int started;               /* poller thread running */
+    int stop;    /* 1 after events_shutdown */
+    int started; /* poller thread running */
     pthread_t th;
-    long streams;              /* open SSE streams */
-    int n0;                    /* runs that existed when the hub started (observed from their state then) */
-    uint64_t total;            /* events produced */
+    long streams;   /* open SSE streams */
+    int n0;         /* runs that existed when the hub started (observed from their state then) */
+    uint64_t total; /* events produced */
 };
 
 struct events_stream {
     events_t *ev;
     int64_t run;
-    uint64_t next;             /* id of the next event to send */
-    double hb;                 /* heartbeat period, seconds */
-    double last_send;          /* monotonic */
-    char pend[EV_PEND_MAX];    /* formatted bytes not yet handed to MHD */
+    uint64_t next;          /* id of the next event to send */
+    double hb;              /* heartbeat period, seconds */
+    double last_send;       /* monotonic */
+    char pend[EV_PEND_MAX]; /* formatted bytes not yet handed to MHD */
     size_t plen, poff;
 };
 
@@ -72,7 +72,7 @@ struct events_stream {
 typedef struct {
     char *p;
     size_t cap, len;
-    int bad;                   /* 1 once truncated */
+    int bad; /* 1 once truncated */
 } jbuf;
 
 static void jb_add(jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -82,21 +82,28 @@ static void jb_add(jbuf *b, const char *fmt, ...) {
     va_start(ap, fmt);
     int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= b->cap - b->len) b->bad = 1;
-    else b->len += (size_t)n;
+    if (n < 0 || (size_t)n >= b->cap - b->len)
+        b->bad = 1;
+    else
+        b->len += (size_t)n;
 }
 
 /* ,"name":value with null for a missing or non-finite number. */
 static void jb_num(jbuf *b, const char *name, double v, int have) {
-    if (have && isfinite(v)) jb_add(b, ",\"%s\":%.10g", name, v);
-    else jb_add(b, ",\"%s\":null", name);
+    if (have && isfinite(v))
+        jb_add(b, ",\"%s\":%.10g", name, v);
+    else
+        jb_add(b, ",\"%s\":null", name);
 }
 
 static void state_data(const engine_obs *o, jbuf *b) {
-    jb_add(b, "{\"run\":%lld,\"state\":\"%s\",\"phase\":\"%s\",\"finished\":%s,\"episode\":%d,\"episodes\":%d",
-           (long long)o->id, o->state, o->phase, o->finished ? "true" : "false", o->episode, o->episodes);
-    jb_add(b, ",\"step\":%d,\"steps\":%d,\"lam_version\":%lld,\"outer_steps\":%lld", o->step, o->steps,
-           (long long)o->lam_version_head, (long long)o->outer_steps);
+    jb_add(b,
+           "{\"run\":%lld,\"state\":\"%s\",\"phase\":\"%s\",\"finished\":%s,\"episode\":%d,"
+           "\"episodes\":%d",
+           (long long)o->id, o->state, o->phase, o->finished ? "true" : "false", o->episode,
+           o->episodes);
+    jb_add(b, ",\"step\":%d,\"steps\":%d,\"lam_version\":%lld,\"outer_steps\":%lld", o->step,
+           o->steps, (long long)o->lam_version_head, (long long)o->outer_steps);
     jb_num(b, "theta", o->theta, 1);
     jb_num(b, "meta_val_loss", o->meta_val_loss, o->has_meta_val);
     jb_num(b, "meta_test_loss", o->meta_test_loss, o->has_meta_test);
@@ -143,7 +150,8 @@ static ev_run *run_slot(events_t *ev, int64_t id) {
 
 /* Diff one run's observation against the last one (ev->mu held). Returns
  * the number of events produced. */
-static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_obs_row *rows, int nrows) {
+static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_obs_row *rows,
+                    int nrows) {
     char tmp[EV_DATA_MAX];
     jbuf b;
     int made = 0;
@@ -166,7 +174,8 @@ static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_
         for (int i = 0; i < nrows; i++) {
             const engine_obs_row *w = &rows[i];
             if (w->episode > er->nsig) continue;
-            er->sig[w->episode - 1] = (ev_rowsig){w->ended, w->has_val, w->has_test, w->train_n, w->hg_n, w->hg_sum};
+            er->sig[w->episode - 1] =
+                (ev_rowsig){w->ended, w->has_val, w->has_test, w->train_n, w->hg_n, w->hg_sum};
         }
         er->last = *o;
         er->low = o->episode;
@@ -189,10 +198,13 @@ static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_
         }
         b = (jbuf){tmp, sizeof tmp, 0, 0};
         jb_add(&b, "{\"episode\":%d", o->episode);
-        if (o->sync && o->applied_step > 0) jb_add(&b, ",\"step\":%d", o->applied_step);
-        else jb_add(&b, ",\"step\":null");
-        jb_add(&b, ",\"lam_version\":%lld,\"outer_step\":%lld,\"updates\":%lld", (long long)o->lam_version_head,
-               (long long)o->outer_steps, (long long)(o->outer_steps - p->outer_steps));
+        if (o->sync && o->applied_step > 0)
+            jb_add(&b, ",\"step\":%d", o->applied_step);
+        else
+            jb_add(&b, ",\"step\":null");
+        jb_add(&b, ",\"lam_version\":%lld,\"outer_step\":%lld,\"updates\":%lld",
+               (long long)o->lam_version_head, (long long)o->outer_steps,
+               (long long)(o->outer_steps - p->outer_steps));
         jb_num(&b, "hypergrad_norm", dn ? ds / (double)dn : 0.0, dn > 0);
         jb_add(&b, "}");
         push(ev, er, "step", &b);
@@ -210,8 +222,8 @@ static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_
         const engine_obs_row *w = &rows[i];
         if (w->episode > er->nsig) continue;
         ev_rowsig *s = &er->sig[w->episode - 1];
-        int changed = w->ended && (!s->ended || w->train_n != s->train_n || w->has_val != s->has_val ||
-                                   w->has_test != s->has_test);
+        int changed = w->ended && (!s->ended || w->train_n != s->train_n ||
+                                   w->has_val != s->has_val || w->has_test != s->has_test);
         if (changed) {
             b = (jbuf){tmp, sizeof tmp, 0, 0};
             jb_add(&b, "{\"episode\":%d", w->episode);
@@ -246,8 +258,10 @@ static int diff_run(events_t *ev, ev_run *er, const engine_obs *o, const engine_
     er->last = *o;
     if (o->finished) {
         double now = mono();
-        if (er->finished_at == 0.0) er->finished_at = now;
-        else if (now - er->finished_at >= EV_CLOSE_DELAY) er->closed = 1;
+        if (er->finished_at == 0.0)
+            er->finished_at = now;
+        else if (now - er->finished_at >= EV_CLOSE_DELAY)
+            er->closed = 1;
     }
     made = (int)(er->next_id - before);
     return made + er->closed;
@@ -371,7 +385,8 @@ void events_stats(events_t *ev, long *streams, uint64_t *events_total) {
 
 /* ---- streams ---------------------------------------------------------------- */
 
-events_stream *events_stream_new(events_t *ev, engine_run *run, int64_t last_event_id, double heartbeat_s) {
+events_stream *events_stream_new(events_t *ev, engine_run *run, int64_t last_event_id,
+                                 double heartbeat_s) {
     events_stream *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->ev = ev;
@@ -384,13 +399,16 @@ events_stream *events_stream_new(events_t *ev, engine_run *run, int64_t last_eve
     char tmp[EV_DATA_MAX];
     jbuf b = {tmp, sizeof tmp, 0, 0};
     state_data(&o, &b);
-    int n = snprintf(s->pend, sizeof s->pend, "retry: 3000\n\nevent: state\ndata: %s\n\n", b.bad ? "{}" : tmp);
+    int n = snprintf(s->pend, sizeof s->pend, "retry: 3000\n\nevent: state\ndata: %s\n\n",
+                     b.bad ? "{}" : tmp);
     s->plen = n > 0 && (size_t)n < sizeof s->pend ? (size_t)n : 0;
     pthread_mutex_lock(&ev->mu);
     ev_run *er = run_slot(ev, s->run);
     uint64_t next_id = er ? er->next_id : 1;
-    if (last_event_id >= 0 && (uint64_t)last_event_id < next_id) s->next = (uint64_t)last_event_id + 1;
-    else s->next = next_id;
+    if (last_event_id >= 0 && (uint64_t)last_event_id < next_id)
+        s->next = (uint64_t)last_event_id + 1;
+    else
+        s->next = next_id;
     ev->streams++;
     pthread_mutex_unlock(&ev->mu);
     return s;
@@ -420,8 +438,8 @@ static int next_message(events_stream *s, double now) {
         }
         const ev_item *it = &er->ring[(s->next - 1) % EVENTS_RING];
         int n = snprintf(s->pend, sizeof s->pend, "%sid: %llu\nevent: %s\ndata: %s\n\n",
-                         skipped ? ": events were dropped (ring full)\n" : "", (unsigned long long)it->id,
-                         it->type, it->data);
+                         skipped ? ": events were dropped (ring full)\n" : "",
+                         (unsigned long long)it->id, it->type, it->data);
         s->next++;
         s->plen = n > 0 && (size_t)n < sizeof s->pend ? (size_t)n : 0;
         s->poff = 0;

@@ -18,10 +18,10 @@
 #include "engine.h"
 #include "err.h"
 
-#define EVENTS_RING 512        /* events kept per run */
-#define EVENTS_POLL_MS 100     /* poller period */
-#define EVENTS_WAIT_MS 500     /* longest wait inside one read callback */
-#define EVENTS_HEARTBEAT_S 15  /* default comment heartbeat */
+#define EVENTS_RING 512       /* events kept per run */
+#define EVENTS_POLL_MS 100    /* poller period */
+#define EVENTS_WAIT_MS 500    /* longest wait inside one read callback */
+#define EVENTS_HEARTBEAT_S 15 /* default comment heartbeat */
 
 typedef struct events events_t;
 typedef struct events_stream events_stream;
@@ -40,7 +40,8 @@ void events_free(events_t *ev);
  * are a `retry:` line and a `state` snapshot of the run (without an id).
  * heartbeat_s: seconds between comment heartbeats. Returns NULL when out of
  * memory. Free with events_stream_free. */
-events_stream *events_stream_new(events_t *ev, engine_run *run, int64_t last_event_id, double heartbeat_s);
+events_stream *events_stream_new(events_t *ev, engine_run *run, int64_t last_event_id,
+                                 double heartbeat_s);
 void events_stream_free(void *stream);
 /* The read callback (http_stream_read signature): SSE bytes, 0 after a
  * short wait when there is nothing new, HTTP_STREAM_END once the run is

@@ -12,10 +12,10 @@ typedef struct {
 } slot;
 
 struct hmap {
-    slot *s;       /* cap slots */
-    size_t cap;    /* power of two */
-    size_t count;  /* live keys */
-    size_t used;   /* live + tombstones */
+    slot *s;      /* cap slots */
+    size_t cap;   /* power of two */
+    size_t count; /* live keys */
+    size_t used;  /* live + tombstones */
 };
 
 static uint64_t hash(const char *k) {
@@ -38,8 +38,7 @@ hmap_t *hmap_new(void) {
 
 void hmap_free(hmap_t *h) {
     if (!h) return;
-    for (size_t i = 0; i < h->cap; i++)
-        free(h->s[i].key);
+    for (size_t i = 0; i < h->cap; i++) free(h->s[i].key);
     free(h->s);
     free(h);
 }

@@ -16,7 +16,7 @@
 #include "log.h"
 #include "srvutil.h"
 
-#define HTTP_MAX_URL 2048      /* longer paths get 414 from us */
+#define HTTP_MAX_URL 2048       /* longer paths get 414 from us */
 #define HTTP_FILE_MAX (1 << 20) /* TLS PEM files */
 
 struct http_server {
@@ -24,7 +24,7 @@ struct http_server {
     const server_config *cfg;
     const http_routes *routes;
     void *ctx;
-    char *tls_cert, *tls_key;  /* PEM text, owned */
+    char *tls_cert, *tls_key;      /* PEM text, owned */
     atomic_uint_fast64_t requests; /* requests answered */
     atomic_uint_fast64_t errors;   /* error replies */
 };
@@ -32,19 +32,19 @@ struct http_server {
 struct http_req {
     http_server_t *srv;
     struct MHD_Connection *conn;
-    char method[16];      /* truncated method */
-    char *path;           /* owned copy of the (unescaped) path */
-    uint8_t *body;        /* owned, body_cap bytes */
-    size_t body_len;      /* bytes received */
-    size_t body_cap;      /* allocated */
-    size_t body_limit;    /* maximum accepted */
-    int too_big;          /* 1 once the body crossed the limit */
-    int replied;          /* 1 once a response is queued */
-    int status;           /* status of the queued response */
-    double t0;            /* monotonic start */
-    int started;          /* 1 after the first access-handler call */
-    int bad_path;         /* 1: the raw path holds an encoded NUL or '/' */
-    void *route_data;     /* routes' slot */
+    char method[16];   /* truncated method */
+    char *path;        /* owned copy of the (unescaped) path */
+    uint8_t *body;     /* owned, body_cap bytes */
+    size_t body_len;   /* bytes received */
+    size_t body_cap;   /* allocated */
+    size_t body_limit; /* maximum accepted */
+    int too_big;       /* 1 once the body crossed the limit */
+    int replied;       /* 1 once a response is queued */
+    int status;        /* status of the queued response */
+    double t0;         /* monotonic start */
+    int started;       /* 1 after the first access-handler call */
+    int bad_path;      /* 1: the raw path holds an encoded NUL or '/' */
+    void *route_data;  /* routes' slot */
 };
 
 /* ---- accessors ------------------------------------------------------------ */
@@ -101,14 +101,15 @@ static void queue(http_req_t *r, int status, struct MHD_Response *resp, const ch
     add_headers(resp, hdrs);
     r->status = status;
     if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES)
-        HD_LOG_WARN("http queue_response failed path=%s status=%d", r->path ? r->path : "-", status);
+        HD_LOG_WARN("http queue_response failed path=%s status=%d", r->path ? r->path : "-",
+                    status);
     MHD_destroy_response(resp);
 }
 
 void http_reply_take(http_req_t *r, int status, const char *ctype, uint8_t *data, size_t len,
                      const char *const *hdrs) {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, data, data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, data, data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) free(data);
     queue(r, status, resp, ctype, hdrs);
 }
@@ -148,21 +149,33 @@ void http_reply_empty(http_req_t *r, int status, const char *const *hdrs) {
 /* The single rc -> status table. */
 int http_status_of(hd_rc rc) {
     switch (rc) {
-    case HD_OK: return 200;
+    case HD_OK:
+        return 200;
     case HD_EINVAL:
     case HD_EFORMAT:
-    case HD_ENONFINITE: return 400;
-    case HD_EAUTH: return 401;
-    case HD_EFORBIDDEN: return 403;
-    case HD_ENOTFOUND: return 404;
-    case HD_ECONFLICT: return 409;
-    case HD_EGONE: return 410;
-    case HD_ETOOBIG: return 413;
+    case HD_ENONFINITE:
+        return 400;
+    case HD_EAUTH:
+        return 401;
+    case HD_EFORBIDDEN:
+        return 403;
+    case HD_ENOTFOUND:
+        return 404;
+    case HD_ECONFLICT:
+        return 409;
+    case HD_EGONE:
+        return 410;
+    case HD_ETOOBIG:
+        return 413;
     case HD_EBUSY:
-    case HD_ENOMEM: return 503;
-    case HD_ETIMEOUT: return 504;
-    case HD_ENET: return 502;
-    default: return 500;
+    case HD_ENOMEM:
+        return 503;
+    case HD_ETIMEOUT:
+        return 504;
+    case HD_ENET:
+        return 502;
+    default:
+        return 500;
     }
 }
 
@@ -171,11 +184,16 @@ void http_reply_error_status(http_req_t *r, int status, const hd_err *e) {
     const char *msg = e && e->msg[0] ? e->msg : hd_rc_name(rc);
     if (!status) status = http_status_of(rc);
     atomic_fetch_add(&r->srv->errors, 1);
-    if (status >= 500) HD_LOG_ERROR("http error status=%d code=%s path=%s msg=\"%s\"", status, hd_rc_name(rc), r->path, msg);
-    else HD_LOG_WARN("http error status=%d code=%s path=%s msg=\"%s\"", status, hd_rc_name(rc), r->path, msg);
+    if (status >= 500)
+        HD_LOG_ERROR("http error status=%d code=%s path=%s msg=\"%s\"", status, hd_rc_name(rc),
+                     r->path, msg);
+    else
+        HD_LOG_WARN("http error status=%d code=%s path=%s msg=\"%s\"", status, hd_rc_name(rc),
+                    r->path, msg);
     cJSON *root = cJSON_CreateObject(), *o = cJSON_AddObjectToObject(root, "error");
     char *json = NULL;
-    if (o && cJSON_AddStringToObject(o, "code", hd_rc_name(rc)) && cJSON_AddStringToObject(o, "message", msg))
+    if (o && cJSON_AddStringToObject(o, "code", hd_rc_name(rc)) &&
+        cJSON_AddStringToObject(o, "message", msg))
         json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!json) {
@@ -239,7 +257,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
              * connection after this response instead of reading on. */
             hd_err e;
             hd_err_clear(&e);
-            hd_err_set(&e, HD_ETOOBIG, "request body of %lld bytes exceeds the limit of %zu bytes for %s",
+            hd_err_set(&e, HD_ETOOBIG,
+                       "request body of %lld bytes exceeds the limit of %zu bytes for %s",
                        (long long)cl, r->body_limit, r->path);
             r->too_big = 1;
             http_reply_error(r, &e);
@@ -290,7 +309,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             hd_err_set(&e, HD_ETOOBIG, "request path longer than %d bytes", HTTP_MAX_URL);
             http_reply_error_status(r, 414, &e);
         } else {
-            hd_err_set(&e, HD_ETOOBIG, "request body exceeds the limit of %zu bytes", r->body_limit);
+            hd_err_set(&e, HD_ETOOBIG, "request body exceeds the limit of %zu bytes",
+                       r->body_limit);
             http_reply_error(r, &e);
         }
         return MHD_YES;
@@ -313,7 +333,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     double us = (srvutil_mono() - r->t0) * 1e6;
     atomic_fetch_add(&s->requests, 1);
-    if (s->routes->completed) s->routes->completed(s->ctx, r, r->replied ? r->status : 0, us * 1e-6);
+    if (s->routes->completed)
+        s->routes->completed(s->ctx, r, r->replied ? r->status : 0, us * 1e-6);
     HD_LOG_INFO("request method=%s path=%s status=%d us=%.0f%s", r->method, r->path ? r->path : "-",
                 r->replied ? r->status : 0, us,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
@@ -343,7 +364,8 @@ static char *read_file(const char *path, hd_err *err) {
     fclose(f);
     if (!buf || n == 0 || n > HTTP_FILE_MAX) {
         free(buf);
-        hd_err_set(err, HD_EINVAL, "%s: empty, unreadable or larger than %d bytes", path, HTTP_FILE_MAX);
+        hd_err_set(err, HD_EINVAL, "%s: empty, unreadable or larger than %d bytes", path,
+                   HTTP_FILE_MAX);
         return NULL;
     }
     buf[n] = 0;
@@ -355,7 +377,8 @@ static hd_rc parse_listen(const char *listen, struct sockaddr_in *sa, hd_err *er
     if (!colon) return hd_err_set(err, HD_EINVAL, "--listen '%s': expected host:port", listen);
     char host[256];
     size_t hl = (size_t)(colon - listen);
-    if (hl == 0 || hl >= sizeof host) return hd_err_set(err, HD_EINVAL, "--listen '%s': bad host", listen);
+    if (hl == 0 || hl >= sizeof host)
+        return hd_err_set(err, HD_EINVAL, "--listen '%s': bad host", listen);
     memcpy(host, listen, hl);
     host[hl] = 0;
     int64_t port;
@@ -382,14 +405,17 @@ hd_rc http_start(const server_config *cfg, const http_routes *routes, void *ctx,
     s->routes = routes;
     s->ctx = ctx;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
-    if (cfg->threads == 0) flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
-    else flags |= MHD_USE_EPOLL;
+    if (cfg->threads == 0)
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+    else
+        flags |= MHD_USE_EPOLL;
     if (*cfg->tls_cert) {
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
             rc = hd_err_set(err, HD_EINVAL, "--tls-cert: this libmicrohttpd has no TLS support");
             goto fail;
         }
-        if (!(s->tls_cert = read_file(cfg->tls_cert, err)) || !(s->tls_key = read_file(cfg->tls_key, err))) {
+        if (!(s->tls_cert = read_file(cfg->tls_cert, err)) ||
+            !(s->tls_key = read_file(cfg->tls_key, err))) {
             rc = HD_EINVAL;
             goto fail;
         }
@@ -401,19 +427,24 @@ hd_rc http_start(const server_config *cfg, const http_routes *routes, void *ctx,
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &sa};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, s};
-    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->conn_limit, NULL};
-    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->max_wait + 120), NULL};
+    ops[n++] =
+        (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->conn_limit, NULL};
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
+                                       (intptr_t)(cfg->max_wait + 120), NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, 64 * 1024, NULL};
     if (cfg->threads > 0)
-        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)cfg->threads, NULL};
+        ops[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)cfg->threads, NULL};
     if (s->tls_cert) {
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
     }
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+    s->d =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_access, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
     if (!s->d) {
-        rc = hd_err_set(err, HD_ENET, "cannot listen on %s (address in use or not permitted)", cfg->listen);
+        rc = hd_err_set(err, HD_ENET, "cannot listen on %s (address in use or not permitted)",
+                        cfg->listen);
         goto fail;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
@@ -469,7 +500,8 @@ void http_reply_stream(http_req_t *r, int status, const char *ctype, http_stream
     struct MHD_Response *resp = NULL;
     if (c) {
         *c = (stream_ctx){fn, cls, free_cls};
-        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, c, stream_free);
+        resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, c, stream_free);
         if (!resp) free(c);
     }
     if (!resp && free_cls) free_cls(cls);

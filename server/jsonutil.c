@@ -34,7 +34,9 @@ hd_rc jsonutil_check_keys(const cJSON *obj, const char *const *allowed, hd_err *
         int ok = 0;
         for (const char *const *a = allowed; *a; a++)
             if (it->string && strcmp(it->string, *a) == 0) ok = 1;
-        if (!ok) return hd_err_set(err, HD_EINVAL, "unknown field '%.64s'", it->string ? it->string : "");
+        if (!ok)
+            return hd_err_set(err, HD_EINVAL, "unknown field '%.64s'",
+                              it->string ? it->string : "");
         for (const cJSON *o = it->next; o; o = o->next)
             if (o->string && strcmp(o->string, it->string) == 0)
                 return hd_err_set(err, HD_EINVAL, "field '%.64s' given twice", it->string);
@@ -52,9 +54,11 @@ hd_rc jsonutil_int(const cJSON *obj, const char *name, int required, int64_t def
     }
     if (!cJSON_IsNumber(it)) return hd_err_set(err, HD_EINVAL, "%s: must be an integer", name);
     double d = it->valuedouble;
-    if (!isfinite(d) || d != floor(d)) return hd_err_set(err, HD_EINVAL, "%s: must be an integer", name);
+    if (!isfinite(d) || d != floor(d))
+        return hd_err_set(err, HD_EINVAL, "%s: must be an integer", name);
     if (d < (double)lo || d > (double)hi)
-        return hd_err_set(err, HD_EINVAL, "%s: must be in [%lld, %lld]", name, (long long)lo, (long long)hi);
+        return hd_err_set(err, HD_EINVAL, "%s: must be in [%lld, %lld]", name, (long long)lo,
+                          (long long)hi);
     *out = (int64_t)d;
     return HD_OK;
 }
@@ -81,9 +85,11 @@ hd_rc jsonutil_str(const cJSON *obj, const char *name, int required, size_t maxl
         *out = NULL;
         return HD_OK;
     }
-    if (!cJSON_IsString(it) || !it->valuestring) return hd_err_set(err, HD_EINVAL, "%s: must be a string", name);
+    if (!cJSON_IsString(it) || !it->valuestring)
+        return hd_err_set(err, HD_EINVAL, "%s: must be a string", name);
     size_t n = strlen(it->valuestring);
-    if (n > maxlen) return hd_err_set(err, HD_EINVAL, "%s: longer than %zu characters", name, maxlen);
+    if (n > maxlen)
+        return hd_err_set(err, HD_EINVAL, "%s: longer than %zu characters", name, maxlen);
     for (const char *p = it->valuestring; *p; p++)
         if (*p < 0x20 || *p > 0x7e)
             return hd_err_set(err, HD_EINVAL, "%s: only printable ASCII is allowed", name);
@@ -91,11 +97,12 @@ hd_rc jsonutil_str(const cJSON *obj, const char *name, int required, size_t maxl
     return HD_OK;
 }
 
-hd_rc jsonutil_num_array(const cJSON *obj, const char *name, size_t maxn, double **out,
-                         size_t *n, hd_err *err) {
+hd_rc jsonutil_num_array(const cJSON *obj, const char *name, size_t maxn, double **out, size_t *n,
+                         hd_err *err) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
     if (!it) return hd_err_set(err, HD_EINVAL, "%s: required", name);
-    if (!cJSON_IsArray(it)) return hd_err_set(err, HD_EINVAL, "%s: must be an array of numbers", name);
+    if (!cJSON_IsArray(it))
+        return hd_err_set(err, HD_EINVAL, "%s: must be an array of numbers", name);
     size_t cnt = (size_t)cJSON_GetArraySize(it);
     if (cnt > maxn) return hd_err_set(err, HD_EINVAL, "%s: more than %zu numbers", name, maxn);
     double *x = NULL;

@@ -28,8 +28,8 @@ hd_rc jsonutil_num(const cJSON *obj, const char *name, int required, double def,
 hd_rc jsonutil_str(const cJSON *obj, const char *name, int required, size_t maxlen,
                    const char **out, hd_err *err);
 /* Array of at most maxn finite numbers; *out is malloc'd (NULL when n == 0). */
-hd_rc jsonutil_num_array(const cJSON *obj, const char *name, size_t maxn, double **out,
-                         size_t *n, hd_err *err);
+hd_rc jsonutil_num_array(const cJSON *obj, const char *name, size_t maxn, double **out, size_t *n,
+                         hd_err *err);
 /* Add an array of n doubles to obj under name (non-finite become null).
  * Returns 0, or -1 on allocation failure. */
 int jsonutil_add_num_array(cJSON *obj, const char *name, const double *x, size_t n);

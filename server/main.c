@@ -84,7 +84,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     engine_cfg ec = {(int)cfg.lease_seconds, (int)cfg.max_wait};
-    if (engine_new(&ec, &srv.engine, &err) != HD_OK || engine_load(srv.engine, srv.store, &err) != HD_OK) {
+    if (engine_new(&ec, &srv.engine, &err) != HD_OK ||
+        engine_load(srv.engine, srv.store, &err) != HD_OK) {
         HD_LOG_ERROR("cannot restore runs db=%s msg=\"%s\"", cfg.db, err.msg);
         engine_free(srv.engine);
         store_close(srv.store);
@@ -100,7 +101,8 @@ int main(int argc, char **argv) {
     }
     srv.metrics = metrics_new();
     if (!srv.metrics || events_start(srv.engine, &srv.events, &err) != HD_OK) {
-        HD_LOG_ERROR("cannot start the observers msg=\"%s\"", err.msg[0] ? err.msg : "out of memory");
+        HD_LOG_ERROR("cannot start the observers msg=\"%s\"",
+                     err.msg[0] ? err.msg : "out of memory");
         goto out_committer;
     }
     unsigned port = 0;
@@ -112,9 +114,10 @@ int main(int argc, char **argv) {
         HD_LOG_ERROR("cannot write port file path=%s err=\"%s\"", cfg.port_file, strerror(errno));
         goto out_http;
     }
-    HD_LOG_INFO("listening addr=%s port=%u db=%s runs=%d active=%d synchronous=%s tls=%d threads=%lld",
-                cfg.listen, port, cfg.db, nruns, nactive, cfg.sync_full ? "full" : "normal",
-                *cfg.tls_cert != 0, (long long)cfg.threads);
+    HD_LOG_INFO(
+        "listening addr=%s port=%u db=%s runs=%d active=%d synchronous=%s tls=%d threads=%lld",
+        cfg.listen, port, cfg.db, nruns, nactive, cfg.sync_full ? "full" : "normal",
+        *cfg.tls_cert != 0, (long long)cfg.threads);
     while (!g_stop) {
         struct timespec ts = {0, 200 * 1000 * 1000};
         nanosleep(&ts, NULL);

@@ -13,16 +13,17 @@
 
 #define METRICS_OUT_MAX (64u << 20) /* largest exposition text */
 
-static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                   0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0, 30.0, 60.0};
+static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25,   0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
 #define NBUCKETS (sizeof bucket_le / sizeof bucket_le[0])
 
-static const char *const classes[] = {"lease_step", "lease", "tensor", "run_read", "run_write",
+static const char *const classes[] = {"lease_step", "lease",   "tensor", "run_read", "run_write",
                                       "events",     "observe", "health", "other"};
 #define NCLASSES (sizeof classes / sizeof classes[0])
 #define CLASS_EVENTS 5
 
-static const char *const reasons[] = {"invalid", "auth", "not_found", "stale", "gone", "too_large", "error", "other"};
+static const char *const reasons[] = {"invalid", "auth",      "not_found", "stale",
+                                      "gone",    "too_large", "error",     "other"};
 #define NREASONS (sizeof reasons / sizeof reasons[0])
 
 static const char *const run_states[] = {"running", "paused", "completed", "failed", "cancelled"};
@@ -35,7 +36,7 @@ typedef struct {
 
 struct metrics {
     histo h[NCLASSES];
-    atomic_uint_fast64_t refused[NREASONS];    /* refused step posts */
+    atomic_uint_fast64_t refused[NREASONS]; /* refused step posts */
 };
 
 metrics_t *metrics_new(void) {
@@ -74,10 +75,12 @@ static int nsegs(const char *path) {
 const char *metrics_route_class(const char *method, const char *path) {
     int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     int n = nsegs(path);
-    if (n == 0 || (n == 1 && (seg_is(path, 0, "metrics") || seg_is(path, 0, "dashboard")))) return "observe";
+    if (n == 0 || (n == 1 && (seg_is(path, 0, "metrics") || seg_is(path, 0, "dashboard"))))
+        return "observe";
     if (n == 1 && (seg_is(path, 0, "healthz") || seg_is(path, 0, "readyz"))) return "health";
     if (!seg_is(path, 0, "v1")) return "other";
-    if (seg_is(path, 1, "leases")) return n >= 4 && seg_is(path, 3, "steps") ? "lease_step" : "lease";
+    if (seg_is(path, 1, "leases"))
+        return n >= 4 && seg_is(path, 3, "steps") ? "lease_step" : "lease";
     if (!seg_is(path, 1, "runs")) return "other";
     if (n == 4 && seg_is(path, 3, "events")) return "events";
     if (n == 4 && (seg_is(path, 3, "hyper") || seg_is(path, 3, "init"))) return "tensor";
@@ -87,24 +90,33 @@ const char *metrics_route_class(const char *method, const char *path) {
 
 static size_t reason_of(int status) {
     switch (status) {
-    case 400: return 0;
+    case 400:
+        return 0;
     case 401:
-    case 403: return 1;
-    case 404: return 2;
-    case 409: return 3;
-    case 410: return 4;
+    case 403:
+        return 1;
+    case 404:
+        return 2;
+    case 409:
+        return 3;
+    case 410:
+        return 4;
     case 413:
-    case 414: return 5;
-    default: return status >= 500 ? 6 : 7;
+    case 414:
+        return 5;
+    default:
+        return status >= 500 ? 6 : 7;
     }
 }
 
-void metrics_observe(metrics_t *m, const char *method, const char *path, int status, double seconds) {
+void metrics_observe(metrics_t *m, const char *method, const char *path, int status,
+                     double seconds) {
     const char *cls = metrics_route_class(method, path);
     size_t c = 0;
     while (c < NCLASSES && strcmp(classes[c], cls) != 0) c++;
     if (c == NCLASSES) c = NCLASSES - 1;
-    if (c == 0 && status >= 400 && strcmp(method, "POST") == 0) atomic_fetch_add(&m->refused[reason_of(status)], 1);
+    if (c == 0 && status >= 400 && strcmp(method, "POST") == 0)
+        atomic_fetch_add(&m->refused[reason_of(status)], 1);
     if (c == CLASS_EVENTS) return;
     if (!(seconds >= 0)) seconds = 0;
     size_t b = 0;
@@ -163,10 +175,11 @@ typedef struct {
     int n;
 } runs_view;
 
-static void per_run(obuf *o, const runs_view *v, const char *name, const char *type, const char *help,
-                    double (*get)(const engine_obs *)) {
+static void per_run(obuf *o, const runs_view *v, const char *name, const char *type,
+                    const char *help, double (*get)(const engine_obs *)) {
     head(o, name, type, help);
-    for (int i = 0; i < v->n; i++) out(o, "%s{run=\"%lld\"} %.17g\n", name, (long long)v->o[i].id, get(&v->o[i]));
+    for (int i = 0; i < v->n; i++)
+        out(o, "%s{run=\"%lld\"} %.17g\n", name, (long long)v->o[i].id, get(&v->o[i]));
 }
 
 static double g_lam(const engine_obs *x) { return (double)x->lam_version; }
@@ -179,7 +192,8 @@ static double g_leases(const engine_obs *x) { return (double)x->leases; }
 static double g_workers(const engine_obs *x) { return (double)x->workers; }
 static double g_theta(const engine_obs *x) { return isfinite(x->theta) ? x->theta : 0.0; }
 
-char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long http_errors, size_t *len) {
+char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long http_errors,
+                     size_t *len) {
     obuf o = {malloc(16384), 0, 16384, 0};
     if (!o.p) return NULL;
     int n = 0, active = 0;
@@ -202,18 +216,23 @@ char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long
         for (int i = 0; i < v.n; i++) c += strcmp(v.o[i].state, run_states[s]) == 0;
         out(&o, "hd_runs{state=\"%s\"} %d\n", run_states[s], c);
     }
-    per_run(&o, &v, "hd_lam_version", "gauge", "Published (committed) lam version of the run.", g_lam);
-    per_run(&o, &v, "hd_phi_version", "gauge", "Published phi version of the run (Reptile steps).", g_phi);
+    per_run(&o, &v, "hd_lam_version", "gauge", "Published (committed) lam version of the run.",
+            g_lam);
+    per_run(&o, &v, "hd_phi_version", "gauge", "Published phi version of the run (Reptile steps).",
+            g_phi);
     per_run(&o, &v, "hd_episode", "gauge", "Current episode of the run (1-based).", g_episode);
-    per_run(&o, &v, "hd_outer_steps_total", "counter", "Outer optimiser steps applied to lam.", g_outer);
+    per_run(&o, &v, "hd_outer_steps_total", "counter", "Outer optimiser steps applied to lam.",
+            g_outer);
     per_run(&o, &v, "hd_theta", "gauge", "Current LinearEstimation theta of the run.", g_theta);
-    per_run(&o, &v, "hd_posts_total", "counter", "Accepted hypergradient step posts of the run.", g_posts);
+    per_run(&o, &v, "hd_posts_total", "counter", "Accepted hypergradient step posts of the run.",
+            g_posts);
     per_run(&o, &v, "hd_posts_stale_refused_total", "counter",
             "Async step posts of the run refused for staleness above max_staleness.", g_stale);
     per_run(&o, &v, "hd_leases_active", "gauge", "Active, unexpired leases of the run.", g_leases);
     per_run(&o, &v, "hd_workers", "gauge", "Workers registered with the run.", g_workers);
     head(&o, "hd_posts_refused_total", "counter",
-         "Step posts (POST /v1/leases/{id}/steps/{t}) answered with an error, by reason (409 = stale).");
+         "Step posts (POST /v1/leases/{id}/steps/{t}) answered with an error, by reason (409 = "
+         "stale).");
     for (size_t i = 0; i < NREASONS; i++)
         out(&o, "hd_posts_refused_total{reason=\"%s\"} %llu\n", reasons[i],
             (unsigned long long)atomic_load(&m->refused[i]));
@@ -238,15 +257,16 @@ char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long
         uint64_t cum = 0;
         for (size_t b = 0; b < NBUCKETS; b++) {
             cum += atomic_load(&h->bucket[b]);
-            out(&o, "hd_http_request_duration_seconds_bucket{class=\"%s\",le=\"%g\"} %llu\n", classes[c],
-                bucket_le[b], (unsigned long long)cum);
+            out(&o, "hd_http_request_duration_seconds_bucket{class=\"%s\",le=\"%g\"} %llu\n",
+                classes[c], bucket_le[b], (unsigned long long)cum);
         }
         cum += atomic_load(&h->bucket[NBUCKETS]);
-        out(&o, "hd_http_request_duration_seconds_bucket{class=\"%s\",le=\"+Inf\"} %llu\n", classes[c],
-            (unsigned long long)cum);
+        out(&o, "hd_http_request_duration_seconds_bucket{class=\"%s\",le=\"+Inf\"} %llu\n",
+            classes[c], (unsigned long long)cum);
         out(&o, "hd_http_request_duration_seconds_sum{class=\"%s\"} %.9f\n", classes[c],
             (double)atomic_load(&h->sum_ns) * 1e-9);
-        out(&o, "hd_http_request_duration_seconds_count{class=\"%s\"} %llu\n", classes[c], (unsigned long long)cum);
+        out(&o, "hd_http_request_duration_seconds_count{class=\"%s\"} %llu\n", classes[c],
+            (unsigned long long)cum);
     }
     free(v.o);
     if (o.bad) {

@@ -32,10 +32,12 @@ const char *metrics_route_class(const char *method, const char *path);
  * (POST /v1/leases/{id}/steps/{t} answered >= 400) by reason:
  * 400 invalid, 401/403 auth, 404 not_found, 409 stale, 410 gone,
  * 413 too_large, 5xx error, other statuses other. */
-void metrics_observe(metrics_t *m, const char *method, const char *path, int status, double seconds);
+void metrics_observe(metrics_t *m, const char *method, const char *path, int status,
+                     double seconds);
 
 /* The exposition text (malloc'd, NUL-terminated; *len its length) or NULL
  * when out of memory. ev may be NULL. http_errors: error replies so far. */
-char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long http_errors, size_t *len);
+char *metrics_render(metrics_t *m, engine_t *e, events_t *ev, unsigned long long http_errors,
+                     size_t *len);
 
 #endif

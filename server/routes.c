@@ -96,7 +96,8 @@ static int split(http_req_t *r, routes_path *p) {
         }
         for (const char *q = c; *q; q++) {
             if ((unsigned char)*q < 0x21 || (unsigned char)*q > 0x7e || *q == '\\') {
-                routes__fail(r, HD_EINVAL, "path segment with a control, space, non-ASCII or '\\' character");
+                routes__fail(r, HD_EINVAL,
+                             "path segment with a control, space, non-ASCII or '\\' character");
                 return -1;
             }
         }
@@ -111,7 +112,9 @@ static int split(http_req_t *r, routes_path *p) {
     return 0;
 }
 
-static int is(const routes_path *p, int i, const char *s) { return i < p->n && strcmp(p->seg[i], s) == 0; }
+static int is(const routes_path *p, int i, const char *s) {
+    return i < p->n && strcmp(p->seg[i], s) == 0;
+}
 
 size_t routes_body_limit(void *ctx, http_req_t *r) {
     server_t *s = ctx;
@@ -130,10 +133,13 @@ size_t routes_body_limit(void *ctx, http_req_t *r) {
         c = slash + 1;
     }
     size_t lim;
-    if (strcmp(http_method(r), "POST") != 0) lim = 0;
+    if (strcmp(http_method(r), "POST") != 0)
+        lim = 0;
     else if (p.n >= 3 && is(&p, 0, "v1") && is(&p, 1, "leases")) {
         const char *what = is(&p, 3, "steps") ? "steps" : is(&p, 3, "final") ? "final" : "json";
-        lim = s->cfg->discard_posts && is(&p, 3, "steps") ? cap : engine_lease_body_limit(s->engine, p.seg[2], what);
+        lim = s->cfg->discard_posts && is(&p, 3, "steps")
+                  ? cap
+                  : engine_lease_body_limit(s->engine, p.seg[2], what);
     } else {
         lim = 1 << 20; /* specs and small JSON bodies */
     }
@@ -162,7 +168,8 @@ void routes_handle(void *ctx, http_req_t *r) {
             return;
         }
         char buf[96];
-        snprintf(buf, sizeof buf, "{\"status\":\"ready\",\"schema_version\":%d}", store_schema_version(s->store));
+        snprintf(buf, sizeof buf, "{\"status\":\"ready\",\"schema_version\":%d}",
+                 store_schema_version(s->store));
         http_reply_json(r, 200, buf, NULL);
         return;
     }

@@ -33,7 +33,8 @@ int routes__is_admin(server_t *s, http_req_t *r);
 /* The request's token: the Authorization bearer, or for GET .../events only
  * (EventSource cannot send headers) the access_token query parameter. */
 const char *routes__token(const http_req_t *r);
-void routes__fail(http_req_t *r, hd_rc code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void routes__fail(http_req_t *r, hd_rc code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void routes__reply_rc(http_req_t *r, hd_rc rc, const hd_err *err, int status, char *json);
 
 /* Handlers: the path was split already. Each replies exactly once. */

@@ -33,13 +33,15 @@ void routes_observe(server_t *s, http_req_t *r, const routes_path *p) {
             return;
         }
         size_t len = 0;
-        char *txt = metrics_render(s->metrics, s->engine, s->events, http_errors_total(s->http), &len);
+        char *txt =
+            metrics_render(s->metrics, s->engine, s->events, http_errors_total(s->http), &len);
         if (!txt) {
             routes__fail(r, HD_ENOMEM, "out of memory rendering the metrics");
             return;
         }
         static const char *const hdrs[] = {"Cache-Control", "no-store", NULL};
-        http_reply_take(r, 200, "text/plain; version=0.0.4; charset=utf-8", (uint8_t *)txt, len, hdrs);
+        http_reply_take(r, 200, "text/plain; version=0.0.4; charset=utf-8", (uint8_t *)txt, len,
+                        hdrs);
         return;
     }
     /* "/" and "/dashboard": the page. It is static: the data comes from
@@ -52,11 +54,17 @@ void routes_observe(server_t *s, http_req_t *r, const routes_path *p) {
         return;
     }
     memcpy(copy, page, len);
-    static const char *const hdrs[] = {"Cache-Control", "no-cache", "X-Content-Type-Options", "nosniff",
-                                       "Content-Security-Policy",
-                                       "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                       "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
-                                       "Referrer-Policy", "no-referrer", NULL};
+    static const char *const hdrs[] = {
+        "Cache-Control",
+        "no-cache",
+        "X-Content-Type-Options",
+        "nosniff",
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+        "Referrer-Policy",
+        "no-referrer",
+        NULL};
     http_reply_take(r, 200, "text/html; charset=utf-8", copy, len, hdrs);
 }
 
@@ -68,7 +76,8 @@ void routes_run_events(server_t *s, http_req_t *r, engine_run *run) {
     if (s->cfg->threads > 0) {
         /* A stream waits inside its read callback: with a pool of polling
          * threads that would stall every connection of the thread. */
-        routes__fail(r, HD_EBUSY, "event streams need the thread-per-connection mode (--threads 0)");
+        routes__fail(r, HD_EBUSY,
+                     "event streams need the thread-per-connection mode (--threads 0)");
         return;
     }
     int64_t last = -1;
@@ -93,8 +102,10 @@ void routes_run_events(server_t *s, http_req_t *r, engine_run *run) {
         routes__fail(r, HD_ENOMEM, "out of memory");
         return;
     }
-    static const char *const hdrs[] = {"Cache-Control", "no-cache", "X-Accel-Buffering", "no", NULL};
-    http_reply_stream(r, 200, "text/event-stream; charset=utf-8", events_stream_read, st, events_stream_free, hdrs);
+    static const char *const hdrs[] = {"Cache-Control", "no-cache", "X-Accel-Buffering", "no",
+                                       NULL};
+    http_reply_stream(r, 200, "text/event-stream; charset=utf-8", events_stream_read, st,
+                      events_stream_free, hdrs);
 }
 
 void routes_runs_text(server_t *s, http_req_t *r, engine_run *run) {

@@ -94,8 +94,10 @@ static void tensor(server_t *s, http_req_t *r, engine_run *run, int which) {
     snprintf(etag, sizeof etag, "\"%lld\"", (long long)out.version);
     snprintf(ver, sizeof ver, "%lld", (long long)out.version);
     const char *hdrs[] = {"ETag", etag, "X-HD-Version", ver, "Cache-Control", "no-cache", NULL};
-    if (out.status == 304) http_reply_empty(r, 304, hdrs);
-    else http_reply_blob(r, 200, "application/octet-stream", out.npy, hdrs);
+    if (out.status == 304)
+        http_reply_empty(r, 304, hdrs);
+    else
+        http_reply_blob(r, 200, "application/octet-stream", out.npy, hdrs);
 }
 
 void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
@@ -119,8 +121,10 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
         }
         if (!method_is(r, "GET") || !routes__auth(s, r, NULL, 0)) return;
         if (!text_format(r, &text)) return;
-        if (text) routes_runs_text(s, r, NULL);
-        else http_reply_json_take(r, 200, engine_runs_json(s->engine), NULL);
+        if (text)
+            routes_runs_text(s, r, NULL);
+        else
+            http_reply_json_take(r, 200, engine_runs_json(s->engine), NULL);
         return;
     }
     int64_t id;
@@ -131,9 +135,10 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
     }
     engine_run *run = engine_run_find(s->engine, id);
     const char *what = p->n >= 4 ? p->seg[3] : "";
-    int worker_ok = p->n == 3 || (p->n == 4 && (strcmp(what, "hyper") == 0 || strcmp(what, "init") == 0 ||
-                                                strcmp(what, "workers") == 0 || strcmp(what, "lease") == 0 ||
-                                                strcmp(what, "events") == 0));
+    int worker_ok =
+        p->n == 3 || (p->n == 4 && (strcmp(what, "hyper") == 0 || strcmp(what, "init") == 0 ||
+                                    strcmp(what, "workers") == 0 || strcmp(what, "lease") == 0 ||
+                                    strcmp(what, "events") == 0));
     if (!run) {
         const char *tok = routes__token(r);
         if (!routes__is_admin(s, r) && !(tok && engine_token_known(s->engine, tok))) {
@@ -146,8 +151,10 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
     if (!routes__auth(s, r, run, worker_ok)) return;
     if (p->n == 3) {
         if (!method_is(r, "GET") || !text_format(r, &text)) return;
-        if (text) routes_runs_text(s, r, run);
-        else http_reply_json_take(r, 200, engine_run_json(s->engine, run), NULL);
+        if (text)
+            routes_runs_text(s, r, run);
+        else
+            http_reply_json_take(r, 200, engine_run_json(s->engine, run), NULL);
         return;
     }
     if (p->n != 4) {
@@ -166,8 +173,10 @@ void routes_runs(server_t *s, http_req_t *r, const routes_path *p) {
         const char *fmt = http_query(r, "format");
         if (fmt && strcmp(fmt, "csv") == 0) {
             char *csv = engine_metrics_csv(s->engine, run);
-            if (!csv) routes__fail(r, HD_ENOMEM, "out of memory");
-            else http_reply_take(r, 200, "text/csv", (uint8_t *)csv, strlen(csv), NULL);
+            if (!csv)
+                routes__fail(r, HD_ENOMEM, "out of memory");
+            else
+                http_reply_take(r, 200, "text/csv", (uint8_t *)csv, strlen(csv), NULL);
         } else if (fmt && strcmp(fmt, "json") != 0) {
             routes__fail(r, HD_EINVAL, "query parameter format: json or csv");
         } else {

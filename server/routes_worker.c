@@ -39,7 +39,8 @@ void routes_run_worker(server_t *s, http_req_t *r, engine_run *run, const char *
     routes__reply_rc(r, rc, &err, 200, json);
 }
 
-static int query_i64(http_req_t *r, const char *name, int required, int64_t lo, int64_t hi, int64_t *out) {
+static int query_i64(http_req_t *r, const char *name, int required, int64_t lo, int64_t hi,
+                     int64_t *out) {
     const char *v = http_query(r, name);
     if (!v) {
         if (required) {
@@ -59,7 +60,8 @@ static int query_i64(http_req_t *r, const char *name, int required, int64_t lo, 
 void routes_leases(server_t *s, http_req_t *r, const routes_path *p) {
     const char *lid = p->seg[2];
     const char *what = p->n >= 4 ? p->seg[3] : "";
-    int shape_ok = (p->n == 4 && strcmp(what, "steps") != 0) || (p->n == 5 && strcmp(what, "steps") == 0);
+    int shape_ok =
+        (p->n == 4 && strcmp(what, "steps") != 0) || (p->n == 5 && strcmp(what, "steps") == 0);
     if (!shape_ok) {
         routes__fail(r, HD_ENOTFOUND, "no such endpoint: %.200s", http_path(r));
         return;

@@ -61,8 +61,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_RUN_STATE] = "INSERT OR REPLACE INTO run_state (run, state, updated_at) VALUES (?1, ?2, ?3)",
     [S_LAM_PUT] = "INSERT OR REPLACE INTO lam_hist (run, version, lam) VALUES (?1, ?2, ?3)",
     [S_LAM_PRUNE] = "DELETE FROM lam_hist WHERE run = ?1 AND version < ?2",
-    [S_POST_PUT] = "INSERT OR REPLACE INTO posts (run, episode, t, first_slot, k, version, lease, data) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [S_POST_PUT] =
+        "INSERT OR REPLACE INTO posts (run, episode, t, first_slot, k, version, lease, data) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [S_POSTS_DEL] = "DELETE FROM posts WHERE run = ?1 AND episode = ?2 AND t = ?3",
     [S_FINAL_PUT] = "INSERT OR REPLACE INTO finals (run, episode, slot, w) VALUES (?1, ?2, ?3, ?4)",
     [S_FINALS_DEL] = "DELETE FROM finals WHERE run = ?1 AND episode <= ?2",
@@ -79,33 +80,40 @@ static const char *const stmt_sql[S_COUNT] = {
      * (SQLite's overwrite optimisation): no page is freed or allocated, so
      * neither the freelist nor page 1 is written; an INSERT only fills the
      * ring the first time round. */
-    [S_ALOG_UPDATE] = "UPDATE async_log SET run = ?2, version = ?3, used_version = ?4, episode = ?5, t = ?6, "
-                      "first_slot = ?7, k = ?8, lease = ?9, data = ?10 WHERE id = ?1",
-    [S_ALOG_INSERT] = "INSERT INTO async_log (id, run, version, used_version, episode, t, first_slot, k, "
-                      "lease, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    [S_ALOG_UPDATE] =
+        "UPDATE async_log SET run = ?2, version = ?3, used_version = ?4, episode = ?5, t = ?6, "
+        "first_slot = ?7, k = ?8, lease = ?9, data = ?10 WHERE id = ?1",
+    [S_ALOG_INSERT] =
+        "INSERT INTO async_log (id, run, version, used_version, episode, t, first_slot, k, "
+        "lease, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     /* A rowid range: no index, no scan of other runs' rows. */
     [S_ALOG_CLEAR] = "DELETE FROM async_log WHERE id >= ?1 AND id <= ?2",
-    [S_IDEM_STEPS_PUT] = "INSERT INTO idem_steps (run, episode, lease, steps) VALUES (?1, ?2, ?3, ?4)",
+    [S_IDEM_STEPS_PUT] =
+        "INSERT INTO idem_steps (run, episode, lease, steps) VALUES (?1, ?2, ?3, ?4)",
     [S_IDEM_STEPS_PRUNE] = "DELETE FROM idem_steps WHERE run = ?1 AND episode < ?2",
 };
 
 static const char *const load_sql[] = {
-    [STORE_T_RUNS] = "SELECT r.id, r.n_lam, r.n_w, r.created_at, r.spec, r.worker_token, s.state, "
-                     "l.lam, l.opt_m, l.opt_v, p.phi FROM runs r LEFT JOIN run_state s ON s.run = r.id "
-                     "LEFT JOIN run_lam l ON l.run = r.id LEFT JOIN run_phi p ON p.run = r.id ORDER BY r.id",
+    [STORE_T_RUNS] =
+        "SELECT r.id, r.n_lam, r.n_w, r.created_at, r.spec, r.worker_token, s.state, "
+        "l.lam, l.opt_m, l.opt_v, p.phi FROM runs r LEFT JOIN run_state s ON s.run = r.id "
+        "LEFT JOIN run_lam l ON l.run = r.id LEFT JOIN run_phi p ON p.run = r.id ORDER BY r.id",
     [STORE_T_LAM_HIST] = "SELECT version, lam FROM lam_hist WHERE run = ?1 ORDER BY version",
     [STORE_T_POSTS] = "SELECT episode, t, first_slot, k, version, lease, data FROM posts "
                       "WHERE run = ?1 ORDER BY version, episode, t, first_slot",
     [STORE_T_FINALS] = "SELECT episode, slot, w FROM finals WHERE run = ?1 ORDER BY episode, slot",
     [STORE_T_IDEM] = "SELECT episode, kind, key, status, lease, body FROM idem WHERE run = ?1 "
                      "ORDER BY rowid",
-    [STORE_T_SAMPLES] = "SELECT episode, slot, x, y FROM samples WHERE run = ?1 ORDER BY episode, slot",
+    [STORE_T_SAMPLES] =
+        "SELECT episode, slot, x, y FROM samples WHERE run = ?1 ORDER BY episode, slot",
     [STORE_T_METRICS] = "SELECT episode, row FROM metrics WHERE run = ?1 ORDER BY episode",
     [STORE_T_WORKERS] = "SELECT worker_id, row FROM workers WHERE run = ?1 ORDER BY rowid",
     [STORE_T_LEASES] = "SELECT lease_id, row FROM leases WHERE run = ?1 ORDER BY rowid",
-    [STORE_T_ALOG] = "SELECT episode, t, first_slot, k, version, used_version, lease, data FROM async_log "
-                     "WHERE id >= ?1 AND id <= ?2 ORDER BY version",
-    [STORE_T_IDEM_STEPS] = "SELECT episode, lease, steps FROM idem_steps WHERE run = ?1 ORDER BY rowid",
+    [STORE_T_ALOG] =
+        "SELECT episode, t, first_slot, k, version, used_version, lease, data FROM async_log "
+        "WHERE id >= ?1 AND id <= ?2 ORDER BY version",
+    [STORE_T_IDEM_STEPS] =
+        "SELECT episode, lease, steps FROM idem_steps WHERE run = ?1 ORDER BY rowid",
 };
 
 /* WAL checkpoints (docs/STORAGE.md). The WAL hook (run by the writer after
@@ -122,17 +130,17 @@ static const char *const load_sql[] = {
 #define CKPT_GAP_NS 10000000L     /* at most one background checkpoint per 10 ms */
 
 struct store {
-    sqlite3 *db;              /* the writer connection */
-    sqlite3 *ckpt;            /* a second connection for WAL checkpoints (checkpointer thread) */
+    sqlite3 *db;   /* the writer connection */
+    sqlite3 *ckpt; /* a second connection for WAL checkpoints (checkpointer thread) */
     pthread_t ckpt_thread;
-    int ckpt_started;         /* 1 while the checkpointer thread runs */
-    pthread_mutex_t ckpt_mu;  /* guards ckpt_wanted, ckpt_stop */
+    int ckpt_started;        /* 1 while the checkpointer thread runs */
+    pthread_mutex_t ckpt_mu; /* guards ckpt_wanted, ckpt_stop */
     pthread_cond_t ckpt_cv;
-    int ckpt_wanted;          /* a checkpoint was asked for */
-    int ckpt_stop;            /* the thread must return */
+    int ckpt_wanted;           /* a checkpoint was asked for */
+    int ckpt_stop;             /* the thread must return */
     sqlite3_stmt *st[S_COUNT]; /* prepared write statements */
-    int schema_version;       /* highest applied migration */
-    atomic_int ready;         /* 1 once migrations are applied */
+    int schema_version;        /* highest applied migration */
+    atomic_int ready;          /* 1 once migrations are applied */
 };
 
 store_op *store_op_new(store_op_kind kind, int64_t run) {
@@ -184,10 +192,11 @@ static hd_rc exec_sql(store_t *st, const char *sql, const char *what, hd_err *er
 }
 
 static hd_rc apply_migrations(store_t *st, hd_err *err) {
-    hd_rc rc = exec_sql(st,
-                        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                        "name TEXT NOT NULL, applied_at REAL NOT NULL)",
-                        "create schema_migrations", err);
+    hd_rc rc =
+        exec_sql(st,
+                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                 "name TEXT NOT NULL, applied_at REAL NOT NULL)",
+                 "create schema_migrations", err);
     if (rc != HD_OK) return rc;
     sqlite3_stmt *q = NULL;
     if (sqlite3_prepare_v2(st->db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", -1,
@@ -239,8 +248,10 @@ static void ckpt_kick(store_t *st) {
 
 static int on_wal(void *ctx, sqlite3 *db, const char *name, int frames) {
     store_t *st = ctx;
-    if (frames >= CKPT_FALLBACK_FRAMES) sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    else if (frames >= CKPT_KICK_FRAMES) ckpt_kick(st);
+    if (frames >= CKPT_FALLBACK_FRAMES)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    else if (frames >= CKPT_KICK_FRAMES)
+        ckpt_kick(st);
     return SQLITE_OK;
 }
 
@@ -268,8 +279,8 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
     pthread_mutex_init(&st->ckpt_mu, NULL);
     pthread_cond_init(&st->ckpt_cv, NULL);
     hd_rc rc;
-    int src = sqlite3_open_v2(path, &st->db,
-                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    int src = sqlite3_open_v2(
+        path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
         rc = hd_err_set(err, HD_EDB, "open %s: %s", path,
                         st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(src));
@@ -301,12 +312,14 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
             goto fail;
         }
     }
-    if (sqlite3_open_v2(path, &st->ckpt, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(path, &st->ckpt, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
         rc = hd_err_set(err, HD_EDB, "open %s (checkpointer): %s", path, sqlite3_errmsg(st->ckpt));
         goto fail;
     }
     sqlite3_busy_timeout(st->ckpt, 100);
-    sqlite3_exec(st->ckpt, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    sqlite3_exec(st->ckpt, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                 NULL, NULL, NULL);
     if (pthread_create(&st->ckpt_thread, NULL, ckpt_main, st) != 0) {
         rc = hd_err_set(err, HD_ENOMEM, "store: cannot start the checkpointer thread");
         goto fail;
@@ -374,7 +387,8 @@ static hd_rc run_stmt(store_t *st, sqlite3_stmt *s, const char *what, hd_err *er
 static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
     sqlite3_stmt *s;
     switch (op->kind) {
-    case STORE_OP_NOOP: return HD_OK;
+    case STORE_OP_NOOP:
+        return HD_OK;
     case STORE_OP_RUN_INSERT:
         s = st->st[S_RUN_INSERT];
         sqlite3_bind_int64(s, 1, op->run);
@@ -400,8 +414,10 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         sqlite3_bind_int64(s, 1, op->run);
         for (int k = 0; k < 5; k++) sqlite3_bind_int64(s, 2 + k, op->i[k]);
         bind_text(s, 7, op->key);
-        if (op->raw) sqlite3_bind_blob64(s, 8, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
-        else bind_vec(s, 8, op->data, op->n);
+        if (op->raw)
+            sqlite3_bind_blob64(s, 8, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
+        else
+            bind_vec(s, 8, op->data, op->n);
         return run_stmt(st, s, "insert post", err);
     case STORE_OP_POSTS_PRUNE:
         s = st->st[S_POSTS_PRUNE];
@@ -410,7 +426,8 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         return run_stmt(st, s, "prune posts", err);
     case STORE_OP_ALOG_CLEAR:
         if (op->run < 0 || op->run > ALOG_RUN_MAX)
-            return hd_err_set(err, HD_EDB, "clear async log: run %lld out of range", (long long)op->run);
+            return hd_err_set(err, HD_EDB, "clear async log: run %lld out of range",
+                              (long long)op->run);
         s = st->st[S_ALOG_CLEAR];
         sqlite3_bind_int64(s, 1, op->run << ALOG_SHIFT);
         sqlite3_bind_int64(s, 2, (op->run << ALOG_SHIFT) + STORE_ALOG_RING - 1);
@@ -427,12 +444,15 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
             sqlite3_bind_int64(s, 4, op->i[5]);
             for (int k = 0; k < 4; k++) sqlite3_bind_int64(s, 5 + k, op->i[k]);
             bind_text(s, 9, op->key);
-            if (op->raw) sqlite3_bind_blob64(s, 10, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
-            else bind_vec(s, 10, op->data, op->n);
+            if (op->raw)
+                sqlite3_bind_blob64(s, 10, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
+            else
+                bind_vec(s, 10, op->data, op->n);
             hd_rc rc = run_stmt(st, s, pass ? "insert async log" : "update async log", err);
             if (rc != HD_OK || sqlite3_changes(st->db) > 0) return rc;
         }
-        return hd_err_set(err, HD_EDB, "async log: row of run %lld not written", (long long)op->run);
+        return hd_err_set(err, HD_EDB, "async log: row of run %lld not written",
+                          (long long)op->run);
     case STORE_OP_POSTS_DELETE:
         s = st->st[S_POSTS_DEL];
         sqlite3_bind_int64(s, 1, op->run);
@@ -482,10 +502,14 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         sqlite3_bind_int64(s, 2, op->i[0]);
         sqlite3_bind_int64(s, 3, op->i[1]);
         /* An empty sample list (a blown-up estimation) is an empty BLOB. */
-        if (op->data) bind_vec(s, 4, op->data, op->n);
-        else sqlite3_bind_zeroblob(s, 4, 0);
-        if (op->data2) bind_vec(s, 5, op->data2, op->n2);
-        else sqlite3_bind_zeroblob(s, 5, 0);
+        if (op->data)
+            bind_vec(s, 4, op->data, op->n);
+        else
+            sqlite3_bind_zeroblob(s, 4, 0);
+        if (op->data2)
+            bind_vec(s, 5, op->data2, op->n2);
+        else
+            sqlite3_bind_zeroblob(s, 5, 0);
         return run_stmt(st, s, "insert samples", err);
     case STORE_OP_METRICS_PUT:
         s = st->st[S_METRICS_PUT];

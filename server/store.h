@@ -25,33 +25,38 @@
 typedef struct store store_t;
 
 /* Idempotency record kinds (the idem.kind column). */
-enum { STORE_IDEM_STEP = 1, STORE_IDEM_SAMPLES = 2, STORE_IDEM_FINAL = 3,
-       STORE_IDEM_COMPLETE = 4, STORE_IDEM_RELEASE = 5 };
+enum {
+    STORE_IDEM_STEP = 1,
+    STORE_IDEM_SAMPLES = 2,
+    STORE_IDEM_FINAL = 3,
+    STORE_IDEM_COMPLETE = 4,
+    STORE_IDEM_RELEASE = 5
+};
 
 typedef enum {
     STORE_OP_NOOP = 0,       /* nothing (carries a waiter only) */
     STORE_OP_RUN_INSERT,     /* i[0]=n_lam i[1]=n_w, d[0]=created_at, text=spec, key=token */
     STORE_OP_LAM_HIST_PUT,   /* i[0]=version, data=lam */
     STORE_OP_LAM_HIST_PRUNE, /* delete versions < i[0] */
-    STORE_OP_POST_PUT,       /* i[0]=episode i[1]=t i[2]=first_slot i[3]=k i[4]=version key=lease data */
-    STORE_OP_POSTS_DELETE,   /* i[0]=episode i[1]=t */
-    STORE_OP_FINAL_PUT,      /* i[0]=episode i[1]=slot data=w */
-    STORE_OP_FINALS_DELETE,  /* i[0]=episode */
-    STORE_OP_IDEM_PUT,       /* i[0]=episode i[1]=kind i[2]=key i[3]=status key=lease text=body */
-    STORE_OP_IDEM_PRUNE,     /* delete records (idem and idem_steps) of episodes < i[0] */
-    STORE_OP_SAMPLES_PUT,    /* i[0]=episode i[1]=slot data=x data2=y */
-    STORE_OP_METRICS_PUT,    /* i[0]=episode text=row JSON */
-    STORE_OP_WORKER_PUT,     /* key=worker_id text=row JSON */
-    STORE_OP_LEASE_PUT,      /* key=lease_id text=row JSON */
-    STORE_OP_POSTS_PRUNE,    /* async: delete posts and async_log rows with version <= i[0] (lam
+    STORE_OP_POST_PUT, /* i[0]=episode i[1]=t i[2]=first_slot i[3]=k i[4]=version key=lease data */
+    STORE_OP_POSTS_DELETE,  /* i[0]=episode i[1]=t */
+    STORE_OP_FINAL_PUT,     /* i[0]=episode i[1]=slot data=w */
+    STORE_OP_FINALS_DELETE, /* i[0]=episode */
+    STORE_OP_IDEM_PUT,      /* i[0]=episode i[1]=kind i[2]=key i[3]=status key=lease text=body */
+    STORE_OP_IDEM_PRUNE,    /* delete records (idem and idem_steps) of episodes < i[0] */
+    STORE_OP_SAMPLES_PUT,   /* i[0]=episode i[1]=slot data=x data2=y */
+    STORE_OP_METRICS_PUT,   /* i[0]=episode text=row JSON */
+    STORE_OP_WORKER_PUT,    /* key=worker_id text=row JSON */
+    STORE_OP_LEASE_PUT,     /* key=lease_id text=row JSON */
+    STORE_OP_POSTS_PRUNE,   /* async: delete posts and async_log rows with version <= i[0] (lam
                                 stored up to there) */
-    STORE_OP_ALOG_PUT,       /* async post: i[0]=episode i[1]=t i[2]=first_slot i[3]=k
+    STORE_OP_ALOG_PUT,      /* async post: i[0]=episode i[1]=t i[2]=first_slot i[3]=k
                                 i[4]=version produced i[5]=version used, key=lease, raw (f4
                                 bytes) or data (f8); written to ring slot i[4] % STORE_ALOG_RING
                                 of the run, overwriting the post of version i[4] - RING, which the
                                 caller guarantees is in a stored lam already */
-    STORE_OP_ALOG_CLEAR,     /* delete the run's async log (the run finished) */
-    STORE_OP_IDEM_STEPS_PUT  /* async step answers of one lease: i[0]=episode key=lease,
+    STORE_OP_ALOG_CLEAR,    /* delete the run's async log (the run finished) */
+    STORE_OP_IDEM_STEPS_PUT /* async step answers of one lease: i[0]=episode key=lease,
                                 raw = pairs of int64 (t, lam_version) */
 } store_op_kind;
 
@@ -62,29 +67,29 @@ typedef enum {
 typedef struct store_op {
     struct store_op *next; /* singly linked batch list */
     store_op_kind kind;
-    int64_t run;           /* run id */
-    int64_t i[6];          /* kind-specific integers (see store_op_kind) */
-    double d[1];           /* kind-specific reals */
-    char *key;             /* owned text key or NULL */
-    char *text;            /* owned text or NULL */
-    double *data;          /* owned tensor or NULL */
-    size_t n;              /* elements in data */
-    double *data2;         /* owned second tensor or NULL */
-    uint8_t *raw;          /* owned raw bytes stored instead of data (POST_PUT), or NULL */
+    int64_t run;   /* run id */
+    int64_t i[6];  /* kind-specific integers (see store_op_kind) */
+    double d[1];   /* kind-specific reals */
+    char *key;     /* owned text key or NULL */
+    char *text;    /* owned text or NULL */
+    double *data;  /* owned tensor or NULL */
+    size_t n;      /* elements in data */
+    double *data2; /* owned second tensor or NULL */
+    uint8_t *raw;  /* owned raw bytes stored instead of data (POST_PUT), or NULL */
     size_t raw_len;
-    size_t n2;             /* elements in data2 */
-    void *cookie;          /* caller's (committer's) field; the store ignores it */
+    size_t n2;    /* elements in data2 */
+    void *cookie; /* caller's (committer's) field; the store ignores it */
 } store_op;
 
 /* The hot state of one run, written once per commit (UPDATE runs). */
 typedef struct {
     int64_t run;
-    char *state_json;     /* owned engine snapshot, or NULL when the state row is unchanged */
-    double *lam;          /* owned n_lam doubles, or NULL when lam and the optimiser state are
+    char *state_json; /* owned engine snapshot, or NULL when the state row is unchanged */
+    double *lam;      /* owned n_lam doubles, or NULL when lam and the optimiser state are
                              unchanged (only state_json is written) */
     size_t n_lam;
     double *opt_m, *opt_v; /* owned n_lam doubles each, or NULL (SGD) */
-    double *phi;          /* owned n_w doubles, or NULL when phi is unchanged */
+    double *phi;           /* owned n_w doubles, or NULL when phi is unchanged */
     size_t n_w;
 } store_hot;
 
@@ -121,18 +126,18 @@ hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots
 /* ---- loading at start ----------------------------------------------------- */
 
 typedef enum {
-    STORE_T_RUNS = 0, /* i: id n_lam n_w; d: created_at; t1 spec t2 token t3 state;
+    STORE_T_RUNS = 0,  /* i: id n_lam n_w; d: created_at; t1 spec t2 token t3 state;
                          b1 lam b2 opt_m b3 opt_v b4 phi */
-    STORE_T_LAM_HIST, /* i: version; b1 lam */
-    STORE_T_POSTS,    /* i: episode t first_slot k version; t1 lease; b1 data (float64, or
+    STORE_T_LAM_HIST,  /* i: version; b1 lam */
+    STORE_T_POSTS,     /* i: episode t first_slot k version; t1 lease; b1 data (float64, or
                          float32 when written from raw f4 bytes); ordered by version */
-    STORE_T_FINALS,   /* i: episode slot; b1 w */
-    STORE_T_IDEM,     /* i: episode kind key status; t1 lease t2 body */
-    STORE_T_SAMPLES,  /* i: episode slot; b1 x b2 y */
-    STORE_T_METRICS,  /* i: episode; t1 row */
-    STORE_T_WORKERS,  /* t1 worker_id t2 row */
-    STORE_T_LEASES,   /* t1 lease_id t2 row */
-    STORE_T_ALOG,     /* async post log: i: episode t first_slot k version used; t1 lease;
+    STORE_T_FINALS,    /* i: episode slot; b1 w */
+    STORE_T_IDEM,      /* i: episode kind key status; t1 lease t2 body */
+    STORE_T_SAMPLES,   /* i: episode slot; b1 x b2 y */
+    STORE_T_METRICS,   /* i: episode; t1 row */
+    STORE_T_WORKERS,   /* t1 worker_id t2 row */
+    STORE_T_LEASES,    /* t1 lease_id t2 row */
+    STORE_T_ALOG,      /* async post log: i: episode t first_slot k version used; t1 lease;
                          b1 data (float32 when the run's wire dtype is f4, else float64);
                          ordered by version; rows older than the stored lam are still
                          there (ring slots not overwritten yet): skip them */

@@ -66,8 +66,10 @@ static const char *str(const cJSON *o, const char *k, const char *def) {
 /* A loss as text: "-" when missing. */
 static void fmt_num(char *out, size_t cap, const cJSON *o, const char *k) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (cJSON_IsNumber(x) && isfinite(x->valuedouble)) snprintf(out, cap, "%.6g", x->valuedouble);
-    else snprintf(out, cap, "-");
+    if (cJSON_IsNumber(x) && isfinite(x->valuedouble))
+        snprintf(out, cap, "%.6g", x->valuedouble);
+    else
+        snprintf(out, cap, "-");
 }
 
 int textstatus_sparkline(const double *v, int n, int width, char *out, size_t cap) {
@@ -122,7 +124,8 @@ static int series(const cJSON *metrics, double **v, const char **what) {
     *v = malloc((size_t)(n > 0 ? n : 1) * sizeof **v);
     if (!*v) return 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, metrics) has_val |= cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "val_loss"));
+    cJSON_ArrayForEach(m, metrics) has_val |=
+        cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "val_loss"));
     *what = has_val ? "val loss" : "train loss";
     int k = 0;
     cJSON_ArrayForEach(m, metrics) {
@@ -140,10 +143,14 @@ static cJSON *metrics_of(engine_t *e, engine_run *r) {
 }
 
 static void age(char *out, size_t cap, double s) {
-    if (!isfinite(s) || s < 0) snprintf(out, cap, "-");
-    else if (s < 120) snprintf(out, cap, "%.1f s ago", s);
-    else if (s < 7200) snprintf(out, cap, "%.0f min ago", s / 60);
-    else snprintf(out, cap, "%.1f h ago", s / 3600);
+    if (!isfinite(s) || s < 0)
+        snprintf(out, cap, "-");
+    else if (s < 120)
+        snprintf(out, cap, "%.1f s ago", s);
+    else if (s < 7200)
+        snprintf(out, cap, "%.0f min ago", s / 60);
+    else
+        snprintf(out, cap, "%.1f h ago", s / 3600);
 }
 
 char *textstatus_run(engine_t *e, engine_run *r, size_t *len) {
@@ -160,16 +167,18 @@ char *textstatus_run(engine_t *e, engine_run *r, size_t *len) {
         return NULL;
     }
     char a[64], c[64];
-    put(&b, "run %.0f  %s  phase %s  %s (%s)\n", num(run, "id", 0), str(run, "state", "?"), str(run, "phase", "?"),
-        str(run, "method", "?"), str(run, "mode", "?"));
+    put(&b, "run %.0f  %s  phase %s  %s (%s)\n", num(run, "id", 0), str(run, "state", "?"),
+        str(run, "phase", "?"), str(run, "method", "?"), str(run, "mode", "?"));
     const char *error = str(run, "error", NULL);
     if (error) put(&b, TS_LABEL "%s\n", "error", error);
     put(&b, TS_LABEL "%.0f / %.0f\n", "episode", num(run, "episode", 0), num(run, "episodes", 0));
     double step = num(run, "step", 0);
-    if (step > 0) put(&b, TS_LABEL "%.0f / %.0f\n", "step", step, num(run, "steps", 0));
-    else put(&b, TS_LABEL "- / %.0f\n", "step", num(run, "steps", 0));
-    put(&b, TS_LABEL "%.0f  (outer steps %.0f, phi version %.0f)\n", "lam version", num(run, "lam_version", 0),
-        num(run, "outer_steps", 0), num(run, "phi_version", 0));
+    if (step > 0)
+        put(&b, TS_LABEL "%.0f / %.0f\n", "step", step, num(run, "steps", 0));
+    else
+        put(&b, TS_LABEL "- / %.0f\n", "step", num(run, "steps", 0));
+    put(&b, TS_LABEL "%.0f  (outer steps %.0f, phi version %.0f)\n", "lam version",
+        num(run, "lam_version", 0), num(run, "outer_steps", 0), num(run, "phi_version", 0));
     put(&b, TS_LABEL "%.6g\n", "theta", num(run, "theta", 0));
     const cJSON *last = cJSON_GetObjectItemCaseSensitive(run, "last_metrics");
     if (cJSON_IsObject(last)) {
@@ -180,14 +189,16 @@ char *textstatus_run(engine_t *e, engine_run *r, size_t *len) {
     }
     /* The newest episode with a validation loss. */
     const cJSON *lv = NULL, *m;
-    cJSON_ArrayForEach(m, met) if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "val_loss"))) lv = m;
+    cJSON_ArrayForEach(m, met) if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "val_loss")))
+        lv = m;
     if (lv) {
         fmt_num(a, sizeof a, lv, "val_loss");
         put(&b, TS_LABEL "%-12s (episode %.0f)\n", "val loss", a, num(lv, "episode", 0));
     } else {
         put(&b, TS_LABEL "-\n", "val loss");
     }
-    if (strcmp(str(run, "state", ""), "completed") == 0 || cJSON_GetObjectItemCaseSensitive(run, "meta_test_loss")) {
+    if (strcmp(str(run, "state", ""), "completed") == 0 ||
+        cJSON_GetObjectItemCaseSensitive(run, "meta_test_loss")) {
         fmt_num(a, sizeof a, run, "meta_test_loss");
         put(&b, TS_LABEL "%s\n", "meta-test loss", a);
     }
@@ -203,7 +214,8 @@ char *textstatus_run(engine_t *e, engine_run *r, size_t *len) {
             hi = v[i] > hi ? v[i] : hi;
         }
         snprintf(a, sizeof a, "%s trend", what);
-        put(&b, TS_LABEL "%s  %d episode%s, min %.4g, max %.4g\n", a, spark, nv, nv == 1 ? "" : "s", lo, hi);
+        put(&b, TS_LABEL "%s  %d episode%s, min %.4g, max %.4g\n", a, spark, nv, nv == 1 ? "" : "s",
+            lo, hi);
     } else {
         put(&b, TS_LABEL "(no finished episode yet)\n", "loss trend");
     }
@@ -215,26 +227,29 @@ char *textstatus_run(engine_t *e, engine_run *r, size_t *len) {
         cJSON_ArrayForEach(m, ws) {
             snprintf(c, sizeof c, "%.0f/%.0f", num(m, "shard", 0), num(m, "shards", 1));
             age(a, sizeof a, num(m, "last_seen_seconds_ago", (double)NAN));
-            put(&b, "    %-32s  %-20.20s  %-6s  %s\n", str(m, "worker_id", "?"), str(m, "name", ""), c, a);
+            put(&b, "    %-32s  %-20.20s  %-6s  %s\n", str(m, "worker_id", "?"), str(m, "name", ""),
+                c, a);
         }
     }
     const cJSON *ls = cJSON_GetObjectItemCaseSensitive(run, "leases");
     put(&b, TS_LABEL "%d active\n", "leases", cJSON_GetArraySize(ls));
     if (cJSON_GetArraySize(ls) > 0) {
-        put(&b, "    %-32s  %-8s  %-7s  %-12s  %-5s  %s\n", "LEASE", "KIND", "EPISODE", "SLOTS", "LAM", "EXPIRES IN");
+        put(&b, "    %-32s  %-8s  %-7s  %-12s  %-5s  %s\n", "LEASE", "KIND", "EPISODE", "SLOTS",
+            "LAM", "EXPIRES IN");
         cJSON_ArrayForEach(m, ls) {
             char slots[64];
             size_t sp = 0;
             const cJSON *s;
             slots[0] = 0;
             cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(m, "slots")) {
-                int k = snprintf(slots + sp, sizeof slots - sp, "%s%.0f", sp ? "," : "", s->valuedouble);
+                int k = snprintf(slots + sp, sizeof slots - sp, "%s%.0f", sp ? "," : "",
+                                 s->valuedouble);
                 if (k < 0 || (size_t)k >= sizeof slots - sp) break;
                 sp += (size_t)k;
             }
             put(&b, "    %-32s  %-8s  %-7.0f  %-12.12s  %-5.0f  %.1f s\n", str(m, "lease_id", "?"),
-                str(m, "kind", "?"), num(m, "episode", 0), slots[0] ? slots : "-", num(m, "lam_version", 0),
-                num(m, "expires_in", 0));
+                str(m, "kind", "?"), num(m, "episode", 0), slots[0] ? slots : "-",
+                num(m, "lam_version", 0), num(m, "expires_in", 0));
         }
     }
     cJSON_Delete(run);
@@ -253,15 +268,17 @@ char *textstatus_runs(engine_t *e, size_t *len) {
         return NULL;
     }
     const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs"), *x;
-    put(&b, "%-5s %-10s %-9s %-9s %-7s %-6s %-10s %-10s %-10s %s\n", "ID", "STATE", "PHASE", "EPISODE", "STEP",
-        "LAM", "THETA", "VAL LOSS", "META-TEST", "LOSS TREND");
+    put(&b, "%-5s %-10s %-9s %-9s %-7s %-6s %-10s %-10s %-10s %s\n", "ID", "STATE", "PHASE",
+        "EPISODE", "STEP", "LAM", "THETA", "VAL LOSS", "META-TEST", "LOSS TREND");
     cJSON_ArrayForEach(x, runs) {
         engine_run *r = engine_run_find(e, (int64_t)num(x, "id", 0));
         cJSON *met = r ? metrics_of(e, r) : NULL;
         char ep[32], st[32], val[32], test[32], th[32], spark[3 * 24 + 4];
         snprintf(ep, sizeof ep, "%.0f/%.0f", num(x, "episode", 0), num(x, "episodes", 0));
-        if (num(x, "step", 0) > 0) snprintf(st, sizeof st, "%.0f/%.0f", num(x, "step", 0), num(x, "steps", 0));
-        else snprintf(st, sizeof st, "-");
+        if (num(x, "step", 0) > 0)
+            snprintf(st, sizeof st, "%.0f/%.0f", num(x, "step", 0), num(x, "steps", 0));
+        else
+            snprintf(st, sizeof st, "-");
         snprintf(th, sizeof th, "%.4g", num(x, "theta", 0));
         fmt_num(val, sizeof val, x, "meta_val_loss");
         fmt_num(test, sizeof test, x, "meta_test_loss");
@@ -273,8 +290,9 @@ char *textstatus_runs(engine_t *e, size_t *len) {
             textstatus_sparkline(v, nv, 24, spark, sizeof spark);
             free(v);
         }
-        put(&b, "%-5.0f %-10s %-9s %-9s %-7s %-6.0f %-10s %-10s %-10s %s\n", num(x, "id", 0), str(x, "state", "?"),
-            str(x, "phase", "?"), ep, st, num(x, "lam_version", 0), th, val, test, spark);
+        put(&b, "%-5.0f %-10s %-9s %-9s %-7s %-6.0f %-10s %-10s %-10s %s\n", num(x, "id", 0),
+            str(x, "state", "?"), str(x, "phase", "?"), ep, st, num(x, "lam_version", 0), th, val,
+            test, spark);
         cJSON_Delete(met);
     }
     if (cJSON_GetArraySize(runs) == 0) put(&b, "(no runs)\n");

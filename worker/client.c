@@ -15,18 +15,18 @@
 #define CLIENT_MAX_BODY (256u << 20) /* largest response accepted */
 
 struct client {
-    CURL *h;                        /* the one easy handle: connection reuse */
-    char base[512];                 /* base URL without trailing slash */
-    char auth[600];                 /* "Authorization: Bearer ..." */
-    double deadline_s;              /* retry budget per request */
-    volatile sig_atomic_t *stop;    /* give up when non-zero */
-    uint8_t *buf;                   /* response body */
-    size_t len, cap;                /* body length and capacity */
-    int overflow;                   /* body exceeded CLIENT_MAX_BODY */
-    client_resp *cur;               /* response being filled (headers) */
-    rng_t rng;                      /* backoff jitter */
+    CURL *h;                     /* the one easy handle: connection reuse */
+    char base[512];              /* base URL without trailing slash */
+    char auth[600];              /* "Authorization: Bearer ..." */
+    double deadline_s;           /* retry budget per request */
+    volatile sig_atomic_t *stop; /* give up when non-zero */
+    uint8_t *buf;                /* response body */
+    size_t len, cap;             /* body length and capacity */
+    int overflow;                /* body exceeded CLIENT_MAX_BODY */
+    client_resp *cur;            /* response being filled (headers) */
+    rng_t rng;                   /* backoff jitter */
     client_stats stats;
-    char errbuf[CURL_ERROR_SIZE];   /* libcurl's message */
+    char errbuf[CURL_ERROR_SIZE]; /* libcurl's message */
 };
 
 static double now_s(void) {
@@ -82,7 +82,8 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
 
 hd_rc client_new(const char *base_url, const char *token, double retry_deadline_s,
                  volatile sig_atomic_t *stop, client_t **out, hd_err *err) {
-    if (!base_url || (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0))
+    if (!base_url ||
+        (strncmp(base_url, "http://", 7) != 0 && strncmp(base_url, "https://", 8) != 0))
         return hd_err_set(err, HD_EINVAL, "--server: '%s' is not an http:// or https:// URL",
                           base_url ? base_url : "");
     size_t bl = strlen(base_url);
@@ -204,8 +205,8 @@ hd_rc client_request(client_t *c, const char *method, const char *path, const ch
         char why[300];
         if (cc == CURLE_OK && resp->status < 500) return HD_OK;
         if (cc == CURLE_WRITE_ERROR && c->overflow)
-            return hd_err_set(err, HD_ETOOBIG, "%s %s: response larger than %u bytes", method,
-                              path, CLIENT_MAX_BODY);
+            return hd_err_set(err, HD_ETOOBIG, "%s %s: response larger than %u bytes", method, path,
+                              CLIENT_MAX_BODY);
         if (cc != CURLE_OK)
             snprintf(why, sizeof why, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
         else
@@ -217,8 +218,9 @@ hd_rc client_request(client_t *c, const char *method, const char *path, const ch
             return hd_err_set(err, HD_ETIMEOUT, "%s %s: stopped", method, path);
         }
         if (elapsed + backoff > c->deadline_s) {
-            HD_LOG_ERROR("request given up method=%s path=%s attempts=%d elapsed_s=%.1f reason=\"%s\"",
-                         method, path, tries, elapsed, why);
+            HD_LOG_ERROR(
+                "request given up method=%s path=%s attempts=%d elapsed_s=%.1f reason=\"%s\"",
+                method, path, tries, elapsed, why);
             return hd_err_set(err, HD_ENET, "%s %s: %s (gave up after %d attempts, %.0f s)", method,
                               path, why, tries, elapsed);
         }

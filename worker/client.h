@@ -16,18 +16,18 @@
 typedef struct client client_t;
 
 typedef struct {
-    long status;          /* HTTP status, 0 if no answer */
-    uint8_t *body;        /* response body (NUL-terminated), owned by the client until the next request */
-    size_t len;           /* body bytes */
-    char etag[64];        /* ETag header without quotes, "" if none */
-    long retry_after;     /* Retry-After seconds, -1 if none */
+    long status;   /* HTTP status, 0 if no answer */
+    uint8_t *body; /* response body (NUL-terminated), owned by the client until the next request */
+    size_t len;    /* body bytes */
+    char etag[64]; /* ETag header without quotes, "" if none */
+    long retry_after; /* Retry-After seconds, -1 if none */
 } client_resp;
 
 typedef struct {
-    uint64_t requests;    /* requests sent (retries included) */
-    uint64_t retries;     /* retried attempts */
-    uint64_t bytes_sent;  /* request body bytes */
-    uint64_t bytes_recv;  /* response body bytes */
+    uint64_t requests;   /* requests sent (retries included) */
+    uint64_t retries;    /* retried attempts */
+    uint64_t bytes_sent; /* request body bytes */
+    uint64_t bytes_recv; /* response body bytes */
 } client_stats;
 
 /* base_url like "http://127.0.0.1:8080" (no trailing slash needed); token

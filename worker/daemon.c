@@ -48,43 +48,43 @@ static double now_s(void) {
 typedef struct {
     const wconfig *cfg;
     client_t *cl;
-    long run;                 /* current run id */
-    char worker_id[128];      /* from registration */
-    run_spec spec;            /* the run's spec */
+    long run;            /* current run id */
+    char worker_id[128]; /* from registration */
+    run_spec spec;       /* the run's spec */
     int have_spec;
     mlp_t *m;
     episode_t *eps[MAX_SLOTS];
     task_t tasks[MAX_SLOTS];
     size_t nl, nw;
-    double *lam;              /* cached lam */
-    long lam_version;         /* version of lam, -1 = none */
+    double *lam;      /* cached lam */
+    long lam_version; /* version of lam, -1 = none */
     double *phi;
     long phi_version;
     double *g, *gsum;
-    double *sx, *sy;          /* estimation samples of one slot */
+    double *sx, *sy; /* estimation samples of one slot */
     /* current lease (estimate and eval jobs, and the first lease of a train group) */
     char lease[128];
     double lease_seconds;
     double last_hb;
     /* a sync train group: the leases of one episode run in lockstep */
     struct glease {
-        char id[128];          /* lease id, "" once completed or lost */
-        int slots[MAX_SLOTS];  /* task slots */
-        int K;                 /* number of slots */
-        int first;             /* index of its first slot in eps[] */
-        int resume;            /* steps already posted by an earlier lease */
-        double last_hb;        /* last heartbeat (or accepted post) */
+        char id[128];         /* lease id, "" once completed or lost */
+        int slots[MAX_SLOTS]; /* task slots */
+        int K;                /* number of slots */
+        int first;            /* index of its first slot in eps[] */
+        int resume;           /* steps already posted by an earlier lease */
+        double last_hb;       /* last heartbeat (or accepted post) */
         double loss[MAX_SLOTS], gnorm[MAX_SLOTS];
         int nposted[MAX_SLOTS];
-        int skipped;           /* steps skipped by the guard */
+        int skipped; /* steps skipped by the guard */
     } group[MAX_SLOTS];
-    int ngroup;                /* leases in the group */
-    int gslots;                /* slots in the group (eps[0 .. gslots-1]) */
+    int ngroup; /* leases in the group */
+    int gslots; /* slots in the group (eps[0 .. gslots-1]) */
     /* progress and accounting */
-    double t_wait;            /* seconds waiting for lam versions (the sync barrier) */
-    double t_compute;         /* seconds in episode computations */
-    double t_post;            /* seconds posting hypergradients */
-    long steps_done;          /* inner steps of training slots computed */
+    double t_wait;    /* seconds waiting for lam versions (the sync barrier) */
+    double t_compute; /* seconds in episode computations */
+    double t_post;    /* seconds posting hypergradients */
+    long steps_done;  /* inner steps of training slots computed */
     long posts;
     double t_start;
     double last_val;
@@ -144,9 +144,11 @@ static void heartbeat(daemon_t *d, int force) {
     snprintf(path, sizeof path, "/v1/leases/%s/heartbeat", d->lease);
     client_resp r;
     long st = req(d, "POST", path, "application/json", "{}", 2, NULL, 15.0, &r);
-    if (st == 200) d->last_hb = now;
-    else HD_LOG_WARN("heartbeat refused lease=%s status=%ld error=%s", d->lease, st,
-                     client_error_text(&r));
+    if (st == 200)
+        d->last_hb = now;
+    else
+        HD_LOG_WARN("heartbeat refused lease=%s status=%ld error=%s", d->lease, st,
+                    client_error_text(&r));
 }
 
 static void release_lease(daemon_t *d) {
@@ -387,7 +389,8 @@ static void heartbeat_group(daemon_t *d) {
         snprintf(path, sizeof path, "/v1/leases/%s/heartbeat", L->id);
         client_resp r;
         long st = req(d, "POST", path, "application/json", "{}", 2, NULL, 15.0, &r);
-        if (st == 200) L->last_hb = now;
+        if (st == 200)
+            L->last_hb = now;
         else if (st == 404 || st == 410) {
             HD_LOG_WARN("lease lost lease=%s during=heartbeat status=%ld", L->id, st);
             L->id[0] = 0;
@@ -405,8 +408,10 @@ static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, lon
         episode_step(d->eps[L->first + i], d->lam, theta, replay, d->g, &info);
         if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) L->skipped++;
         if (info.posted) {
-            if (i == 0) vec_copy(d->nl, d->gsum, d->g);
-            else vec_axpy(d->nl, d->gsum, 1.0, d->g);
+            if (i == 0)
+                vec_copy(d->nl, d->gsum, d->g);
+            else
+                vec_axpy(d->nl, d->gsum, 1.0, d->g);
             L->gnorm[i] += info.grad_norm;
             L->nposted[i]++;
         }
@@ -419,12 +424,15 @@ static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, lon
     d->steps_done += L->K;
     if (!method_posts_at(&sp->method, t, T) || replay) return JOB_OK;
     if (!vec_all_finite(d->nl, d->gsum)) {
-        HD_LOG_ERROR("non-finite hypergradient run=%ld step=%d lease=%s: releasing (robust.skip_nonfinite "
-                     "posts zeros instead)", d->run, t, L->id);
+        HD_LOG_ERROR(
+            "non-finite hypergradient run=%ld step=%d lease=%s: releasing (robust.skip_nonfinite "
+            "posts zeros instead)",
+            d->run, t, L->id);
         return JOB_LOST;
     }
     char path[256];
-    snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%ld", L->id, t, L->K, used);
+    snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%ld", L->id, t, L->K,
+             used);
     uint8_t *buf = NULL;
     size_t len = 0, shape[1] = {d->nl};
     hd_err err = {0};
@@ -547,8 +555,8 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
         } else {
             for (;;) {
                 int not_yet = 0, added = 0;
-                rc = fetch_tensor_once(d, "hyper", v0 + before, d->lam, d->nl, &d->lam_version,
-                                       1, &not_yet);
+                rc = fetch_tensor_once(d, "hyper", v0 + before, d->lam, d->nl, &d->lam_version, 1,
+                                       &not_yet);
                 if (rc != JOB_OK || !not_yet) break;
                 heartbeat_group(d);
                 if (stop_flag) {
@@ -607,7 +615,8 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
             double l = L->loss[i];
             if (!isfinite(l) || l > sp->blowup_loss) blow++;
             cJSON_AddItemToArray(tl, cJSON_CreateNumber(isfinite(l) ? l : 1e300));
-            cJSON_AddItemToArray(hn, cJSON_CreateNumber(L->nposted[i] ? L->gnorm[i] / L->nposted[i] : 0.0));
+            cJSON_AddItemToArray(
+                hn, cJSON_CreateNumber(L->nposted[i] ? L->gnorm[i] / L->nposted[i] : 0.0));
         }
         cJSON_AddNumberToObject(met, "blowups", blow);
         cJSON_AddNumberToObject(met, "skipped_steps", L->skipped);
@@ -624,8 +633,8 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
 static job_rc job_estimate(daemon_t *d, const cJSON *job, const int *slots, int K) {
     const run_spec *sp = &d->spec;
     int m = (int)jnum(job, "episode", 0), T = sp->steps;
-    job_rc rc = fetch_tensor(d, "init", (long)jnum(job, "phi_version", -1), d->phi, d->nw,
-                             &d->phi_version);
+    job_rc rc =
+        fetch_tensor(d, "init", (long)jnum(job, "phi_version", -1), d->phi, d->nw, &d->phi_version);
     if (rc == JOB_OK)
         rc = fetch_tensor(d, "hyper", (long)jnum(job, "lam_version", -1), d->lam, d->nl,
                           &d->lam_version);
@@ -648,8 +657,8 @@ static job_rc job_estimate(daemon_t *d, const cJSON *job, const int *slots, int 
                 cJSON_AddItemToArray(ya, cJSON_CreateNumber(d->sy[s]));
             }
         else
-            HD_LOG_WARN("estimation blew up run=%ld episode=%d slot=%d: posting no samples",
-                        d->run, m, slots[i]);
+            HD_LOG_WARN("estimation blew up run=%ld episode=%d slot=%d: posting no samples", d->run,
+                        m, slots[i]);
         char path[256];
         snprintf(path, sizeof path, "/v1/leases/%s/samples", d->lease);
         client_resp r;
@@ -671,8 +680,8 @@ static job_rc job_eval(daemon_t *d, const cJSON *job) {
         HD_LOG_ERROR("malformed eval job");
         return JOB_LOST;
     }
-    job_rc rc = fetch_tensor(d, "init", (long)jnum(job, "phi_version", -1), d->phi, d->nw,
-                             &d->phi_version);
+    job_rc rc =
+        fetch_tensor(d, "init", (long)jnum(job, "phi_version", -1), d->phi, d->nw, &d->phi_version);
     if (rc == JOB_OK)
         rc = fetch_tensor(d, "hyper", (long)jnum(job, "lam_version", -1), d->lam, d->nl,
                           &d->lam_version);
@@ -709,8 +718,9 @@ static long register_worker(daemon_t *d) {
     long st = post_json(d, path, o, &r);
     cJSON_Delete(o);
     if (st != 200 && st != 201) {
-        if (st) HD_LOG_ERROR("registration refused run=%ld status=%ld error=%s", d->run, st,
-                             client_error_text(&r));
+        if (st)
+            HD_LOG_ERROR("registration refused run=%ld status=%ld error=%s", d->run, st,
+                         client_error_text(&r));
         return st ? st : -1;
     }
     cJSON *root = cJSON_ParseWithLength((const char *)r.body, r.len);
@@ -775,7 +785,8 @@ static int work_run(daemon_t *d) {
         const cJSON *sl = cJSON_GetObjectItemCaseSensitive(job, "slots");
         int slots[MAX_SLOTS], K = 0;
         const cJSON *it;
-        cJSON_ArrayForEach(it, sl) if (K < MAX_SLOTS && cJSON_IsNumber(it)) slots[K++] = it->valueint;
+        cJSON_ArrayForEach(it, sl) if (K < MAX_SLOTS && cJSON_IsNumber(it)) slots[K++] =
+            it->valueint;
         if (!lease || !kind || strlen(lease) >= sizeof d->lease ||
             (strcmp(kind, "eval") != 0 && (K < 1 || K > d->cfg->slots))) {
             HD_LOG_ERROR("malformed lease answer run=%ld", d->run);
@@ -789,9 +800,12 @@ static int work_run(daemon_t *d) {
                     d->run, d->lease, kind, (int)jnum(job, "episode", 0), K,
                     (int)jnum(job, "resume_step", 0));
         job_rc rc;
-        if (strcmp(kind, "train") == 0) rc = job_train(d, job);
-        else if (strcmp(kind, "estimate") == 0) rc = job_estimate(d, job, slots, K);
-        else if (strcmp(kind, "eval") == 0) rc = job_eval(d, job);
+        if (strcmp(kind, "train") == 0)
+            rc = job_train(d, job);
+        else if (strcmp(kind, "estimate") == 0)
+            rc = job_estimate(d, job, slots, K);
+        else if (strcmp(kind, "eval") == 0)
+            rc = job_eval(d, job);
         else {
             HD_LOG_ERROR("unknown job kind=%s", kind);
             rc = JOB_LOST;
@@ -883,12 +897,16 @@ int daemon_main(int argc, char **argv) {
         }
         long st = load_run(&d, run);
         if (st != 0) {
-            if (st == 404) fprintf(stderr, "hdworker: run %ld does not exist on %s\n", run, cfg.server);
+            if (st == 404)
+                fprintf(stderr, "hdworker: run %ld does not exist on %s\n", run, cfg.server);
             else if (st == 401 || st == 403)
-                fprintf(stderr, "hdworker: the server refused the token for run %ld (HTTP %ld)\n", run, st);
+                fprintf(stderr, "hdworker: the server refused the token for run %ld (HTTP %ld)\n",
+                        run, st);
             else if (st == -1 && !d.have_spec && d.m == NULL)
-                fprintf(stderr, "hdworker: cannot reach %s or read run %ld (see log)\n", cfg.server, run);
-            else fprintf(stderr, "hdworker: cannot load run %ld (HTTP %ld)\n", run, st);
+                fprintf(stderr, "hdworker: cannot reach %s or read run %ld (see log)\n", cfg.server,
+                        run);
+            else
+                fprintf(stderr, "hdworker: cannot load run %ld (HTTP %ld)\n", run, st);
             status = 1;
             break;
         }
@@ -906,12 +924,12 @@ int daemon_main(int argc, char **argv) {
         if (cfg.run) break;
     }
     const client_stats *cs = client_get_stats(d.cl);
-    HD_LOG_INFO("exit status=%d posts=%ld slot_steps=%ld requests=%llu retries=%llu bytes_sent=%llu "
-                "bytes_recv=%llu wait_s=%.3f compute_s=%.3f post_s=%.3f elapsed_s=%.3f",
-                status, d.posts, d.steps_done, (unsigned long long)cs->requests,
-                (unsigned long long)cs->retries, (unsigned long long)cs->bytes_sent,
-                (unsigned long long)cs->bytes_recv, d.t_wait, d.t_compute, d.t_post,
-                now_s() - d.t_start);
+    HD_LOG_INFO(
+        "exit status=%d posts=%ld slot_steps=%ld requests=%llu retries=%llu bytes_sent=%llu "
+        "bytes_recv=%llu wait_s=%.3f compute_s=%.3f post_s=%.3f elapsed_s=%.3f",
+        status, d.posts, d.steps_done, (unsigned long long)cs->requests,
+        (unsigned long long)cs->retries, (unsigned long long)cs->bytes_sent,
+        (unsigned long long)cs->bytes_recv, d.t_wait, d.t_compute, d.t_post, now_s() - d.t_start);
     free_model(&d);
     client_free(d.cl);
     return status;

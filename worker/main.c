@@ -70,10 +70,14 @@ static int run_local(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **dst = NULL;
-        if (strcmp(a, "--local") == 0) dst = &spec_path;
-        else if (strcmp(a, "--out") == 0) dst = &out;
-        else if (strcmp(a, "--lambda") == 0) dst = &lam_path;
-        else if (strcmp(a, "--phi") == 0) dst = &phi_path;
+        if (strcmp(a, "--local") == 0)
+            dst = &spec_path;
+        else if (strcmp(a, "--out") == 0)
+            dst = &out;
+        else if (strcmp(a, "--lambda") == 0)
+            dst = &lam_path;
+        else if (strcmp(a, "--phi") == 0)
+            dst = &phi_path;
         else if (strcmp(a, "--quiet") == 0) {
             quiet = 1;
             continue;
@@ -123,7 +127,8 @@ static int run_local(int argc, char **argv) {
         return 1;
     }
     int status = res.failed ? 3 : 0;
-    if (res.failed) HD_LOG_ERROR("run failed reason=\"%s\"", res.reason);
+    if (res.failed)
+        HD_LOG_ERROR("run failed reason=\"%s\"", res.reason);
     else
         HD_LOG_INFO("run completed meta_val_loss=%.6g meta_test_loss=%.6g theta=%.6g "
                     "vjps_per_episode=%.1f seconds_per_episode=%.4f",

@@ -83,8 +83,10 @@ static int task_array(const npz_file *z, const char *name, size_t d, const doubl
         return -1;
     }
     size_t n;
-    if (h.ndim == 2 && h.shape[1] == d) n = h.shape[0];
-    else if (h.ndim == 1 && d == 1) n = h.shape[0];
+    if (h.ndim == 2 && h.shape[1] == d)
+        n = h.shape[0];
+    else if (h.ndim == 1 && d == 1)
+        n = h.shape[0];
     else {
         fprintf(stderr, "hdworker probe: --task: array '%s' must have shape (n, %zu)\n", name, d);
         return -1;
@@ -156,14 +158,19 @@ int probe_main(int argc, char **argv) {
                *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char **dst = NULL;
-        if (strcmp(argv[i], "--spec") == 0) dst = &spec_path;
-        else if (strcmp(argv[i], "--lambda") == 0) dst = &lam_path;
-        else if (strcmp(argv[i], "--phi") == 0) dst = &phi_path;
-        else if (strcmp(argv[i], "--task") == 0) dst = &task_path;
-        else if (strcmp(argv[i], "--out") == 0) dst = &out;
+        if (strcmp(argv[i], "--spec") == 0)
+            dst = &spec_path;
+        else if (strcmp(argv[i], "--lambda") == 0)
+            dst = &lam_path;
+        else if (strcmp(argv[i], "--phi") == 0)
+            dst = &phi_path;
+        else if (strcmp(argv[i], "--task") == 0)
+            dst = &task_path;
+        else if (strcmp(argv[i], "--out") == 0)
+            dst = &out;
         if (!dst || i + 1 >= argc) {
-            fprintf(stderr, "hdworker probe: %s '%s'\n", dst ? "missing value for" : "unknown argument",
-                    argv[i]);
+            fprintf(stderr, "hdworker probe: %s '%s'\n",
+                    dst ? "missing value for" : "unknown argument", argv[i]);
             return 2;
         }
         *dst = argv[++i];

@@ -67,8 +67,10 @@ static hd_rc outputs_open(const char *dir, outputs *o, hd_err *err) {
 }
 
 static void json_num(FILE *f, const char *key, double v, int comma) {
-    if (isfinite(v)) fprintf(f, "\"%s\": %.17g", key, v);
-    else fprintf(f, "\"%s\": null", key);
+    if (isfinite(v))
+        fprintf(f, "\"%s\": %.17g", key, v);
+    else
+        fprintf(f, "\"%s\": null", key);
     if (comma) fputs(", ", f);
 }
 
@@ -209,10 +211,13 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
                 episode_info info;
                 episode_step(eps[b], lam, theta, 0, g, &info);
                 vjps += info.vjps;
-                if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) res->skipped_steps++;
+                if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0))
+                    res->skipped_steps++;
                 if (info.posted) {
-                    if (b == 0) vec_copy(nl, gsum, g);
-                    else vec_axpy(nl, gsum, 1.0, g);
+                    if (b == 0)
+                        vec_copy(nl, gsum, g);
+                    else
+                        vec_axpy(nl, gsum, 1.0, g);
                     posted = 1;
                 }
                 if (t == T) {
@@ -247,7 +252,8 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         res->episodes_done = ep;
         double val = (double)NAN;
         int last = ep == M;
-        if (sp->meta_val_tasks > 0 && ((sp->eval_interval > 0 && ep % sp->eval_interval == 0) || last))
+        if (sp->meta_val_tasks > 0 &&
+            ((sp->eval_interval > 0 && ep % sp->eval_interval == 0) || last))
             val = runner_eval(sp, eps[0], &tasks[0], lam, phi, TASK_STREAM_VAL, 0,
                               sp->meta_val_tasks, NULL, NULL);
         if (last) res->meta_val_loss = val;
@@ -266,11 +272,13 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         if (opts->progress == 1) {
             fprintf(stderr, "\r%-70s\r", "");
             fprintf(stderr, "episode %d/%d  train %.4f  val %s%.4f  theta %.4g  %.1fs", ep, M,
-                    train_loss, isfinite(val) ? "" : "-", isfinite(val) ? val : 0.0, theta, t_train);
+                    train_loss, isfinite(val) ? "" : "-", isfinite(val) ? val : 0.0, theta,
+                    t_train);
             if (ep == M) fputc('\n', stderr);
         } else if (opts->progress == 2) {
-            HD_LOG_INFO("episode=%d/%d train_loss=%.6g val_loss=%.6g theta=%.6g vjps=%ld seconds=%.3f",
-                        ep, M, train_loss, val, theta, vjps, t_train);
+            HD_LOG_INFO(
+                "episode=%d/%d train_loss=%.6g val_loss=%.6g theta=%.6g vjps=%ld seconds=%.3f", ep,
+                M, train_loss, val, theta, vjps, t_train);
         }
     }
     res->theta = theta;

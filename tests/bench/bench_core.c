@@ -59,8 +59,7 @@ typedef double (*op_fn)(bench_t *b);
 /* Median microseconds per call of fn. */
 static double time_op(op_fn fn, bench_t *b, size_t *nsamples) {
     static double samples[MAX_SAMPLES];
-    for (int i = 0; i < 3; i++)
-        sink += fn(b); /* warm caches and pages */
+    for (int i = 0; i < 3; i++) sink += fn(b); /* warm caches and pages */
     double t0 = now_s(), t;
     size_t cal = 0;
     do {
@@ -73,8 +72,7 @@ static double time_op(op_fn fn, bench_t *b, size_t *nsamples) {
     double start = now_s(), spent = 0.0;
     while ((spent < MIN_SECONDS || ns < MIN_SAMPLES) && ns < MAX_SAMPLES) {
         double s0 = now_s();
-        for (size_t g = 0; g < group; g++)
-            sink += fn(b);
+        for (size_t g = 0; g < group; g++) sink += fn(b);
         double s1 = now_s();
         samples[ns++] = (s1 - s0) / (double)group;
         spent = s1 - start;
@@ -131,8 +129,7 @@ static double *dalloc(size_t n) {
 }
 
 static void fill_normal(rng_t *r, size_t n, double *x, double s) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = s * rng_normal(r);
+    for (size_t i = 0; i < n; i++) x[i] = s * rng_normal(r);
 }
 
 static int bench_init(bench_t *b, size_t nwidths, const size_t *widths, mlp_loss loss, size_t k,
@@ -178,13 +175,11 @@ static int bench_init(bench_t *b, size_t nwidths, const size_t *widths, mlp_loss
         double A = rng_range(&r, 0.1, 5.0), ph = rng_range(&r, 0.0, 3.14159);
         for (size_t i = 0; i < n; i++) {
             b->x[i * in] = rng_range(&r, -5.0, 5.0);
-            for (size_t j = 0; j < out; j++)
-                b->y[i * out + j] = A * sin(b->x[i * in] + ph);
+            for (size_t j = 0; j < out; j++) b->y[i * out + j] = A * sin(b->x[i * in] + ph);
         }
     } else {
         fill_normal(&r, n * in, b->x, 1.0);
-        for (size_t i = 0; i < n; i++)
-            b->y[i * out + rng_below(&r, out)] = 1.0;
+        for (size_t i = 0; i < n; i++) b->y[i * out + rng_below(&r, out)] = 1.0;
     }
     fill_normal(&r, b->nw, b->v, 0.01);
     fill_normal(&r, b->nl, b->c_lam, 1.0);
@@ -201,8 +196,7 @@ static void bench_free(bench_t *b) {
     double *bufs[] = {b->lam,   b->w,     b->x,        b->y,     b->v,     b->c_lam,   b->c_w,
                       b->g_lam, b->g_w,   b->h_lam,    b->h_w,   b->a_w,   b->a_v,     b->o_w,
                       b->o_v,   b->o_lam, b->scratch2, b->w_out, b->v_out, b->scratch1};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        free(bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
 typedef struct {
@@ -227,8 +221,7 @@ static const op_row rows[R_N] = {
 static void run_network(const char *name, size_t nwidths, const size_t *widths, mlp_loss loss,
                         size_t k, size_t n, double *t_out) {
     bench_t b;
-    if (bench_init(&b, nwidths, widths, loss, k, n, 12345) != 0)
-        exit(1);
+    if (bench_init(&b, nwidths, widths, loss, k, n, 12345) != 0) exit(1);
     printf("\n%s, hyper_layers %zu, batch %zu (n_lam %zu, n_w %zu, %.3g forward MACs)\n", name, k,
            n, b.nl, b.nw, mlp_forward_macs(b.m, n));
     printf("  %-50s %12s %10s\n", "operation", "us/call", "calls");
@@ -270,8 +263,7 @@ int main(void) {
      * 2*macs, backward 4*macs) is printed too. Bias, activation and loss
      * work is not counted. */
     double macs = 0.0;
-    for (size_t l = 0; l + 1 < 4; l++)
-        macs += (double)nb * (double)big[l] * (double)big[l + 1];
+    for (size_t l = 0; l + 1 < 4; l++) macs += (double)nb * (double)big[l] * (double)big[l + 1];
     double macs1 = (double)nb * (double)big[0] * (double)big[1];
     double fl_simple = 6.0 * macs, fl_exact = 6.0 * macs - 2.0 * macs1;
     double t_grad = tb[R_GRAD_X] * 1e-6;

@@ -25,7 +25,8 @@
 #define MAX_NS 8
 
 static const char *spec =
-    "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,100,100,100,1],\"hyper_layers\":3},"
+    "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,100,100,100,1],\"hyper_layers\":"
+    "3},"
     "\"inner\":{\"steps\":100000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":16,"
     "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f4\","
     "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
@@ -38,10 +39,10 @@ typedef struct {
     const uint8_t *body;
     size_t len;
     double until;
-    double *lat;      /* seconds per request */
+    double *lat; /* seconds per request */
     long n, cap;
     long errors;
-    int pull;         /* 1: GET /hyper instead of posting */
+    int pull; /* 1: GET /hyper instead of posting */
 } client;
 
 static void *client_main(void *arg) {
@@ -51,12 +52,18 @@ static void *client_main(void *arg) {
     char url[512];
     long long version = 0;
     for (long t = 1; hdc_now() < c->until; t++) {
-        if (c->pull) snprintf(url, sizeof url, "%s/v1/runs/%lld/hyper", c->base, c->run);
-        else snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", c->base, c->lease, t, version);
+        if (c->pull)
+            snprintf(url, sizeof url, "%s/v1/runs/%lld/hyper", c->base, c->run);
+        else
+            snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", c->base,
+                     c->lease, t, version);
         hdc_resp r;
         double t0 = hdc_now();
-        if (c->pull) hdc_req(&conn, "GET", url, c->token, NULL, 0, NULL, &r);
-        else hdc_req(&conn, "POST", url, c->token, c->body, c->len, "Content-Type: application/octet-stream", &r);
+        if (c->pull)
+            hdc_req(&conn, "GET", url, c->token, NULL, 0, NULL, &r);
+        else
+            hdc_req(&conn, "POST", url, c->token, c->body, c->len,
+                    "Content-Type: application/octet-stream", &r);
         double dt = hdc_now() - t0;
         if (r.status != 200) {
             if (c->errors++ < 3) fprintf(stderr, "request failed: %ld %.200s\n", r.status, r.body);
@@ -121,7 +128,8 @@ out:
     return rc;
 }
 
-static result measure(const char *base, int n, int pull, const uint8_t *body, size_t len, double seconds) {
+static result measure(const char *base, int n, int pull, const uint8_t *body, size_t len,
+                      double seconds) {
     client cl[MAX_CLIENTS];
     memset(cl, 0, sizeof cl);
     result res = {0, 0, 0, 1};
@@ -200,8 +208,10 @@ static int parse_list(const char *s, int *out, int max) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_ingest [--reps R (1-%d)] [--seconds S] [--clients a,b,c] [--durable-only]\n",
-            MAX_REPS);
+    fprintf(
+        stderr,
+        "usage: bench_ingest [--reps R (1-%d)] [--seconds S] [--clients a,b,c] [--durable-only]\n",
+        MAX_REPS);
     exit(2);
 }
 
@@ -257,22 +267,28 @@ int main(int argc, char **argv) {
             fc[i].p50[rep] = f.p50;
             fc[i].p99[rep] = f.p99;
             dc[i].ratio[rep] = f.rate > 0 ? d.rate / f.rate : 0.0;
-            fprintf(stderr, "rep %d clients %d: durable %.0f/s p50 %.2f p99 %.2f | floor %.0f/s p50 %.2f p99 %.2f\n",
+            fprintf(stderr,
+                    "rep %d clients %d: durable %.0f/s p50 %.2f p99 %.2f | floor %.0f/s p50 %.2f "
+                    "p99 %.2f\n",
                     rep + 1, ns[i], d.rate, d.p50, d.p99, f.rate, f.p50, f.p99);
         }
     }
 
     printf("ingest: async run, lam = %d float32 (%zu-byte .npy posts), %d reps x %.1f s per cell, "
-           "medians [min-max]\n", NLAM, len, reps, seconds);
-    printf("%7s | %21s %6s %15s | %21s %6s %6s | %s\n", "clients", "durable posts/s", "p50 ms", "p99 ms",
-           "floor posts/s", "p50 ms", "p99 ms", "ratio");
+           "medians [min-max]\n",
+           NLAM, len, reps, seconds);
+    printf("%7s | %21s %6s %15s | %21s %6s %6s | %s\n", "clients", "durable posts/s", "p50 ms",
+           "p99 ms", "floor posts/s", "p50 ms", "p99 ms", "ratio");
     for (int i = 0; i < nns; i++) {
-        stat3 dr = stats(dc[i].rate, reps), d5 = stats(dc[i].p50, reps), d9 = stats(dc[i].p99, reps);
-        stat3 fr = stats(fc[i].rate, reps), f5 = stats(fc[i].p50, reps), f9 = stats(fc[i].p99, reps);
+        stat3 dr = stats(dc[i].rate, reps), d5 = stats(dc[i].p50, reps),
+              d9 = stats(dc[i].p99, reps);
+        stat3 fr = stats(fc[i].rate, reps), f5 = stats(fc[i].p50, reps),
+              f9 = stats(fc[i].p99, reps);
         stat3 ra = stats(dc[i].ratio, reps);
-        printf("%7d | %5.0f [%5.0f-%5.0f] %6.2f %5.2f [%4.1f-%4.1f] | %5.0f [%5.0f-%5.0f] %6.2f %6.2f | %.2f [%.2f-%.2f]\n",
-               ns[i], dr.med, dr.lo, dr.hi, d5.med, d9.med, d9.lo, d9.hi, fr.med, fr.lo, fr.hi, f5.med, f9.med,
-               ra.med, ra.lo, ra.hi);
+        printf("%7d | %5.0f [%5.0f-%5.0f] %6.2f %5.2f [%4.1f-%4.1f] | %5.0f [%5.0f-%5.0f] %6.2f "
+               "%6.2f | %.2f [%.2f-%.2f]\n",
+               ns[i], dr.med, dr.lo, dr.hi, d5.med, d9.med, d9.lo, d9.hi, fr.med, fr.lo, fr.hi,
+               f5.med, f9.med, ra.med, ra.lo, ra.hi);
         if (ns[i] == 4 && !durable_only)
             printf("goal (4 clients, medians): durable >= 0.5 x floor: %s; p99 < 5 ms: %s\n",
                    ra.med >= 0.5 ? "met" : "NOT met", d9.med < 5.0 ? "met" : "NOT met");
@@ -286,7 +302,8 @@ int main(int argc, char **argv) {
         p9[rep] = p.p99;
     }
     stat3 a = stats(pr, reps), b = stats(p5, reps), c = stats(p9, reps);
-    printf("lam pulls (GET /hyper, 4 clients): %.0f [%.0f-%.0f] /s  p50 %.2f ms  p99 %.2f ms  (goal >= 5000/s: %s)\n",
+    printf("lam pulls (GET /hyper, 4 clients): %.0f [%.0f-%.0f] /s  p50 %.2f ms  p99 %.2f ms  "
+           "(goal >= 5000/s: %s)\n",
            a.med, a.lo, a.hi, b.med, c.med, a.med >= 5000 ? "met" : "NOT met");
     free(body);
     hdc_stop(&dur, SIGTERM);

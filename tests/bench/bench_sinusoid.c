@@ -33,8 +33,8 @@ static double now_sec(void) {
 
 /* Two-sided 97.5% quantile of Student's t with df degrees of freedom. */
 static double t975(int df) {
-    static const double tab[] = {0, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365,
-                                 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131};
+    static const double tab[] = {0,     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365,
+                                 2.306, 2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131};
     return df >= 1 && df <= 15 ? tab[df] : 1.96;
 }
 
@@ -77,13 +77,22 @@ static double episode_flops(const run_spec *sp, mlp_t *m, method_kind k) {
     double T = sp->steps, macs = 0;
     int K = sp->method.neumann_k, N = sp->method.neumann_n;
     switch (k) {
-    case METHOD_FO: macs = T * (Fs + Fq + 2 * Fq); break;
+    case METHOD_FO:
+        macs = T * (Fs + Fq + 2 * Fq);
+        break;
     case METHOD_ONESTEP:
-    case METHOD_HYPERDISTILL: macs = T * (Fs + Fq + 2 * Fq + 2 * Fs); break;
+    case METHOD_HYPERDISTILL:
+        macs = T * (Fs + Fq + 2 * Fq + 2 * Fs);
+        break;
     case METHOD_DRMAD:
-    case METHOD_RMD: macs = T * Fs + (Fq + 2 * Fq) + T * 2 * Fs; break;
-    case METHOD_NEUMANN: macs = T * Fs + K * (Fq + 2 * Fq + (N + 1) * 2 * Fs); break;
-    default: break;
+    case METHOD_RMD:
+        macs = T * Fs + (Fq + 2 * Fq) + T * 2 * Fs;
+        break;
+    case METHOD_NEUMANN:
+        macs = T * Fs + K * (Fq + 2 * Fq + (N + 1) * 2 * Fs);
+        break;
+    default:
+        break;
     }
     if (k == METHOD_HYPERDISTILL && sp->method.estimation_period > 0) {
         double rounds = ceil((double)sp->episodes / sp->method.estimation_period);
@@ -95,13 +104,13 @@ static double episode_flops(const run_spec *sp, mlp_t *m, method_kind k) {
 typedef struct {
     const char *label;
     method_kind kind;
-    int choose_gamma;   /* hyperdistill: pick gamma on meta-validation */
-    int period;         /* estimation period override (0 = spec's) */
-    double clip;        /* clip_norm */
-    int guard;          /* skip_nonfinite */
+    int choose_gamma; /* hyperdistill: pick gamma on meta-validation */
+    int period;       /* estimation period override (0 = spec's) */
+    double clip;      /* clip_norm */
+    int guard;        /* skip_nonfinite */
     /* results */
     double gamma;
-    double val;         /* mean meta-validation loss at the chosen gamma */
+    double val; /* mean meta-validation loss at the chosen gamma */
     double test[MAX_SEEDS];
     int blow[MAX_SEEDS];
     double theta[MAX_SEEDS], refit[MAX_SEEDS];
@@ -259,12 +268,18 @@ int main(int argc, char **argv) {
     openblas_set_num_threads(1);
     int quick = 0, seeds = 5, episodes = 30, test_tasks = 1000, val_tasks = 200, cos_tasks = 10;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) quick = 1;
-        else if (strcmp(argv[i], "--seeds") == 0 && i + 1 < argc) seeds = (int)strtol(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "--episodes") == 0 && i + 1 < argc) episodes = (int)strtol(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "--test-tasks") == 0 && i + 1 < argc) test_tasks = (int)strtol(argv[++i], NULL, 10);
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--seeds") == 0 && i + 1 < argc)
+            seeds = (int)strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--episodes") == 0 && i + 1 < argc)
+            episodes = (int)strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--test-tasks") == 0 && i + 1 < argc)
+            test_tasks = (int)strtol(argv[++i], NULL, 10);
         else {
-            fprintf(stderr, "usage: bench_sinusoid [--quick] [--seeds N] [--episodes M] [--test-tasks N]\n");
+            fprintf(
+                stderr,
+                "usage: bench_sinusoid [--quick] [--seeds N] [--episodes M] [--test-tasks N]\n");
             return 2;
         }
     }
@@ -285,8 +300,8 @@ int main(int argc, char **argv) {
     double gf = dgemm_gflops();
     printf("sinusoid protocol: 1-100-100-100-1 relu, lam = 3 layers (%zu numbers), w = %zu, "
            "T %d, B %d, M %d, %d seeds, %d meta-test tasks%s\n",
-           mlp_n_lam(m), mlp_n_w(m), base.steps, base.meta_batch, base.episodes, seeds,
-           test_tasks, quick ? " (quick mode)" : "");
+           mlp_n_lam(m), mlp_n_w(m), base.steps, base.meta_batch, base.episodes, seeds, test_tasks,
+           quick ? " (quick mode)" : "");
     printf("dgemm 256x256x256 on this machine: %.1f GFLOP/s (1 thread)\n\n", gf);
 
     row_t rows[] = {
@@ -313,14 +328,29 @@ int main(int argc, char **argv) {
 
     /* Robust HyperDistill: configurations chosen on meta-validation only. */
     row_t robust[] = {
-        {.label = "hd + re-est 1 + clip 0.1 + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1,
-         .period = 1, .clip = 0.1, .guard = 1},
+        {.label = "hd + re-est 1 + clip 0.1 + guard",
+         .kind = METHOD_HYPERDISTILL,
+         .choose_gamma = 1,
+         .period = 1,
+         .clip = 0.1,
+         .guard = 1},
         {.label = "hd + clip 1.0", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .clip = 1.0},
-        {.label = "hd + re-est 1 + clip 1 + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1,
-         .period = 1, .clip = 1.0, .guard = 1},
-        {.label = "hd + re-est 5 + clip 1 + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1,
-         .period = 5, .clip = 1.0, .guard = 1},
-        {.label = "hd + re-estimate every 5", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .period = 5},
+        {.label = "hd + re-est 1 + clip 1 + guard",
+         .kind = METHOD_HYPERDISTILL,
+         .choose_gamma = 1,
+         .period = 1,
+         .clip = 1.0,
+         .guard = 1},
+        {.label = "hd + re-est 5 + clip 1 + guard",
+         .kind = METHOD_HYPERDISTILL,
+         .choose_gamma = 1,
+         .period = 5,
+         .clip = 1.0,
+         .guard = 1},
+        {.label = "hd + re-estimate every 5",
+         .kind = METHOD_HYPERDISTILL,
+         .choose_gamma = 1,
+         .period = 5},
         {.label = "hd + guard", .kind = METHOD_HYPERDISTILL, .choose_gamma = 1, .guard = 1},
     };
     int nrob = quick ? 2 : (int)(sizeof robust / sizeof *robust);
@@ -343,13 +373,15 @@ int main(int argc, char **argv) {
         if (!blow && v < best_val) best_val = v, best = r;
     }
     if (best < 0) best = best_any, best_val = best_any_val;
-    printf("\nRobust HyperDistill options (extra rows; gamma and configuration chosen on meta-validation):\n");
+    printf("\nRobust HyperDistill options (extra rows; gamma and configuration chosen on "
+           "meta-validation):\n");
     header();
     for (int r = 0; r < nrob; r++) print_row(&robust[r], seeds);
     printf("\n");
     for (int r = 0; r < nrob; r++) print_detail(&robust[r], seeds);
     printf("\nchosen on meta-validation among the configurations without a meta-training blow-up: "
-           "%s (meta-val %.4f)\n", robust[best].label, best_val);
+           "%s (meta-val %.4f)\n",
+           robust[best].label, best_val);
 
     /* Goals. */
     const row_t *hd = &rows[nrows - 1], *fo = &rows[0], *os = &rows[1];
@@ -363,7 +395,8 @@ int main(int argc, char **argv) {
            hd->cos_n ? hd->cos_sum / hd->cos_n : (double)NAN,
            fo->cos_n ? fo->cos_sum / fo->cos_n : (double)NAN,
            os->cos_n ? os->cos_sum / os->cos_n : (double)NAN);
-    printf("hyperdistill (paper) lowest median meta-test MSE of the five: %s\n", lowest ? "yes" : "no");
+    printf("hyperdistill (paper) lowest median meta-test MSE of the five: %s\n",
+           lowest ? "yes" : "no");
     double rb_med = median(robust[best].test, seeds);
     int rb_low = 1, rb_blow = 0;
     for (int r = 0; r < nrows - 1; r++)

@@ -21,7 +21,8 @@
 
 static const char *spec =
     "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,32,32,1],\"hyper_layers\":2},"
-    "\"inner\":{\"steps\":8},\"method\":{\"name\":\"hyperdistill\",\"gamma\":0.9,\"estimation_period\":2},"
+    "\"inner\":{\"steps\":8},\"method\":{\"name\":\"hyperdistill\",\"gamma\":0.9,\"estimation_"
+    "period\":2},"
     "\"episodes\":4,\"meta_batch\":4,\"seed\":3,\"lease_seconds\":2,"
     "\"eval\":{\"meta_val_tasks\":5,\"meta_test_tasks\":5}}";
 
@@ -100,19 +101,22 @@ static void *killer(void *arg) {
 
 /* POST step t of lease on run (body: a deterministic f4 gradient of n
  * values); returns the status and the answer's lam_version in *v. */
-static long alog_post(hdc_conn *c, const char *lease, const char *token, long t, long long used, size_t n,
-                      long long *v, char *body_out, size_t cap) {
+static long alog_post(hdc_conn *c, const char *lease, const char *token, long t, long long used,
+                      size_t n, long long *v, char *body_out, size_t cap) {
     double *g = malloc(n * sizeof *g);
     if (!g) return 0;
-    for (size_t i = 0; i < n; i++) g[i] = 1e-4 * (double)((long)((size_t)t * 31 + i * 17) % 101 - 50);
+    for (size_t i = 0; i < n; i++)
+        g[i] = 1e-4 * (double)((long)((size_t)t * 31 + i * 17) % 101 - 50);
     uint8_t *npy = NULL;
     size_t len = 0, shape[1] = {n};
     npy_encode(NPY_F32, 1, shape, g, &npy, &len, NULL);
     free(g);
     char url[512];
-    snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", srv.base, lease, t, used);
+    snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", srv.base, lease, t,
+             used);
     hdc_resp r;
-    long st = hdc_req(c, "POST", url, token, npy, len, "Content-Type: application/octet-stream", &r);
+    long st =
+        hdc_req(c, "POST", url, token, npy, len, "Content-Type: application/octet-stream", &r);
     free(npy);
     *v = hdc_json_int(r.body, "lam_version", -1);
     if (body_out) snprintf(body_out, cap, "%s", r.body);
@@ -148,7 +152,8 @@ static void async_log_idempotency(void) {
     long long used = 0;
     int ok = 1;
     for (long t = 1; t <= ALOG_POSTS && ok; t++) {
-        ok = alog_post(&c, lease, token, t, used, n, &ans[t], ans_body[t], sizeof ans_body[t]) == 200;
+        ok = alog_post(&c, lease, token, t, used, n, &ans[t], ans_body[t], sizeof ans_body[t]) ==
+             200;
         used = ans[t];
     }
     CHECK_MSG(ok, "async log: a first post failed");
@@ -173,7 +178,8 @@ static void async_log_idempotency(void) {
         long long v;
         char b[96];
         CHECK_EQ_INT(alog_post(&c, lease, token, t, ans[t] - 1, n, &v, b, sizeof b), 200);
-        CHECK_MSG(strcmp(b, ans_body[t]) == 0, "repeated post t=%ld: answer %s, first answer %s", t, b, ans_body[t]);
+        CHECK_MSG(strcmp(b, ans_body[t]) == 0, "repeated post t=%ld: answer %s, first answer %s", t,
+                  b, ans_body[t]);
     }
     snprintf(url, sizeof url, "%s/v1/runs/%lld", srv.base, run);
     hdc_req(&c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
@@ -188,8 +194,9 @@ static void async_log_idempotency(void) {
     free(lam_before);
     /* The run goes on where it stopped; the new post survives a kill too. */
     long long v;
-    CHECK_EQ_INT(alog_post(&c, lease, token, ALOG_POSTS + 1, ALOG_POSTS, n, &v, ans_body[ALOG_POSTS + 1],
-                           sizeof ans_body[0]), 200);
+    CHECK_EQ_INT(alog_post(&c, lease, token, ALOG_POSTS + 1, ALOG_POSTS, n, &v,
+                           ans_body[ALOG_POSTS + 1], sizeof ans_body[0]),
+                 200);
     CHECK_EQ_INT(v, ALOG_POSTS + 1);
     hdc_conn_clear(&c);
     pthread_mutex_lock(&mu);
@@ -220,8 +227,8 @@ int main(void) {
     FILE *f = fopen(specf, "w");
     fputs(spec, f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s/hdworker --local %s --out %s > %s/local.log 2>&1", hdc_build_dir(), specf, outd,
-             srv.dir);
+    snprintf(cmd, sizeof cmd, "%s/hdworker --local %s --out %s > %s/local.log 2>&1",
+             hdc_build_dir(), specf, outd, srv.dir);
     CHECK_EQ_INT(system(cmd), 0);
 
     hdc_conn c;
@@ -245,8 +252,8 @@ int main(void) {
     killer_stop = 1;
     pthread_join(th, NULL);
     CHECK_MSG(rc == 0, "run did not complete (%d): %s", rc, s.last_err);
-    fprintf(stderr, "kills: fixed %d random %d, restarts %d, leases dropped %d\n", kills_fixed, kills_random,
-            restarts, s.dropped);
+    fprintf(stderr, "kills: fixed %d random %d, restarts %d, leases dropped %d\n", kills_fixed,
+            kills_random, restarts, s.dropped);
     CHECK(kills_fixed >= 5);
     CHECK(restarts >= kills_fixed);
 
@@ -306,22 +313,26 @@ int main(void) {
         snprintf(url, sizeof url, "%s/v1/runs/%lld/hyper", srv.base, ar);
         hdc_req(&c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
         npy_header h;
-        if (npy_decode((const uint8_t *)r.body, r.len, 1u << 26, 0, &h, &lams[pass], NULL) == HD_OK) nl[pass] = h.count;
+        if (npy_decode((const uint8_t *)r.body, r.len, 1u << 26, 0, &h, &lams[pass], NULL) == HD_OK)
+            nl[pass] = h.count;
         hdc_resp_free(&r);
         snprintf(url, sizeof url, "%s/v1/runs/%lld", srv.base, ar);
         hdc_req(&c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
         CHECK_EQ_INT(hdc_json_int(r.body, "lam_version", -1), 3 * 2 * 20);
         hdc_resp_free(&r);
     }
-    CHECK(lams[0] && lams[1] && nl[0] == nl[1] && memcmp(lams[0], lams[1], nl[0] * sizeof(double)) == 0);
+    CHECK(lams[0] && lams[1] && nl[0] == nl[1] &&
+          memcmp(lams[0], lams[1], nl[0] * sizeof(double)) == 0);
     free(lams[0]);
     free(lams[1]);
     fprintf(stderr, "after the async phase: kills fixed %d, restarts %d\n", kills_fixed, restarts);
     async_log_idempotency();
     hdc_conn_clear(&c);
     hdc_stop(&srv, SIGTERM);
-    if (check_failed_count == 0) hdc_cleanup(&srv);
-    else fprintf(stderr, "kept %s\n", srv.dir);
+    if (check_failed_count == 0)
+        hdc_cleanup(&srv);
+    else
+        fprintf(stderr, "kept %s\n", srv.dir);
     curl_global_cleanup();
     return check_finish("test_server_kill");
 }

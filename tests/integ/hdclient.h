@@ -26,12 +26,12 @@
 #define HDC_ADMIN "test-admin-token-0123456789"
 
 typedef struct {
-    pid_t pid;          /* server process, 0 when not running */
-    unsigned port;      /* bound port */
-    char dir[256];      /* temp dir (db, port file, log) */
+    pid_t pid;     /* server process, 0 when not running */
+    unsigned port; /* bound port */
+    char dir[256]; /* temp dir (db, port file, log) */
     char db[320];
-    char base[64];      /* http://127.0.0.1:port */
-    char extra[8][64];  /* extra arguments */
+    char base[64];     /* http://127.0.0.1:port */
+    char extra[8][64]; /* extra arguments */
     int nextra;
 } hdc_server;
 
@@ -41,11 +41,11 @@ typedef struct {
 } hdc_conn;
 
 typedef struct {
-    long status;        /* HTTP status, 0 on transport failure */
-    char *body;         /* NUL-terminated body (malloc'd) */
+    long status; /* HTTP status, 0 on transport failure */
+    char *body;  /* NUL-terminated body (malloc'd) */
     size_t len;
     char etag[64];
-    int curl_rc;        /* CURLcode */
+    int curl_rc; /* CURLcode */
 } hdc_resp;
 
 static inline double hdc_now(void) {
@@ -243,8 +243,10 @@ static inline long hdc_req(hdc_conn *c, const char *method, const char *url, con
     }
     CURLcode cr = curl_easy_perform(h);
     r->curl_rc = (int)cr;
-    if (cr == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
-    else r->status = 0;
+    if (cr == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+    else
+        r->status = 0;
     curl_slist_free_all(hl);
     if (!r->body) {
         r->body = calloc(1, 1);
@@ -284,8 +286,8 @@ static inline void hdc_json_str(const char *json, const char *key, char *out, si
 /* Send raw bytes on a new connection to 127.0.0.1:port (then, if body2 is
  * not NULL, send body2 in pieces while the server accepts them) and read
  * the answer into out (NUL-terminated). Returns the HTTP status or 0. */
-static inline int hdc_raw(unsigned port, const char *req, size_t len, const char *body2, size_t len2,
-                          char *out, size_t cap) {
+static inline int hdc_raw(unsigned port, const char *req, size_t len, const char *body2,
+                          size_t len2, char *out, size_t cap) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return 0;
     struct sockaddr_in sa;
@@ -321,7 +323,8 @@ static inline int hdc_raw(unsigned port, const char *req, size_t len, const char
         if (hdr_end) {
             const char *cl = strstr(out, "Content-Length: ");
             if (!cl) cl = strstr(out, "content-length: ");
-            if (cl && got >= (size_t)(hdr_end + 4 - out) + (size_t)strtoul(cl + 16, NULL, 10)) break;
+            if (cl && got >= (size_t)(hdr_end + 4 - out) + (size_t)strtoul(cl + 16, NULL, 10))
+                break;
         }
     }
     out[got] = 0;

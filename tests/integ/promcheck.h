@@ -26,7 +26,7 @@ typedef struct {
 } pc_family;
 
 typedef struct {
-    char key[PC_LINE];  /* name{labels} as written, for duplicate checks */
+    char key[PC_LINE]; /* name{labels} as written, for duplicate checks */
 } pc_series;
 
 typedef struct {
@@ -60,7 +60,8 @@ static inline int pc_name_ok(const char *s, size_t n, int colon) {
 
 static inline pc_family *pc_fam(pc_state *st, const char *name, size_t n) {
     for (int i = 0; i < st->nfam; i++)
-        if (strlen(st->fam[i].name) == n && strncmp(st->fam[i].name, name, n) == 0) return &st->fam[i];
+        if (strlen(st->fam[i].name) == n && strncmp(st->fam[i].name, name, n) == 0)
+            return &st->fam[i];
     return NULL;
 }
 
@@ -76,9 +77,12 @@ static inline pc_histo *pc_hist(pc_state *st, const char *base) {
 }
 
 static inline int pc_value(const char *s, double *v) {
-    if (strcmp(s, "+Inf") == 0) *v = INFINITY;
-    else if (strcmp(s, "-Inf") == 0) *v = -INFINITY;
-    else if (strcmp(s, "NaN") == 0) *v = NAN;
+    if (strcmp(s, "+Inf") == 0)
+        *v = INFINITY;
+    else if (strcmp(s, "-Inf") == 0)
+        *v = -INFINITY;
+    else if (strcmp(s, "NaN") == 0)
+        *v = NAN;
     else {
         char *end;
         *v = strtod(s, &end);
@@ -116,7 +120,8 @@ static inline int pc_check(const char *text, pc_state *st) {
             char kw[8], name[160], rest[PC_LINE];
             rest[0] = 0;
             if (sscanf(line, "# %7s %159s %1000[^\n]", kw, name, rest) < 2) {
-                if (strncmp(line, "# HELP", 6) == 0 || strncmp(line, "# TYPE", 6) == 0) rc = pc_fail(st, ln, "bad HELP/TYPE", line);
+                if (strncmp(line, "# HELP", 6) == 0 || strncmp(line, "# TYPE", 6) == 0)
+                    rc = pc_fail(st, ln, "bad HELP/TYPE", line);
                 continue; /* a plain comment */
             }
             if (strcmp(kw, "HELP") != 0 && strcmp(kw, "TYPE") != 0) continue;
@@ -145,7 +150,8 @@ static inline int pc_check(const char *text, pc_state *st) {
                     strcmp(rest, "summary") && strcmp(rest, "untyped"))
                     rc = pc_fail(st, ln, "unknown type", line);
                 snprintf(f->type, sizeof f->type, "%s", rest);
-                if (strcmp(rest, "counter") == 0 && (strlen(name) < 6 || strcmp(name + strlen(name) - 6, "_total")))
+                if (strcmp(rest, "counter") == 0 &&
+                    (strlen(name) < 6 || strcmp(name + strlen(name) - 6, "_total")))
                     rc = pc_fail(st, ln, "counter name without _total", line);
             }
             continue;
@@ -273,8 +279,10 @@ static inline int pc_check(const char *text, pc_state *st) {
                     rc = pc_fail(st, ln, "bucket without a numeric le", line);
                     break;
                 }
-                if (h->has_inf || lev <= h->last_le) rc = pc_fail(st, ln, "le bounds not increasing", line);
-                if (h->nb && v < h->last_count) rc = pc_fail(st, ln, "bucket counts not cumulative", line);
+                if (h->has_inf || lev <= h->last_le)
+                    rc = pc_fail(st, ln, "le bounds not increasing", line);
+                if (h->nb && v < h->last_count)
+                    rc = pc_fail(st, ln, "bucket counts not cumulative", line);
                 h->last_le = lev;
                 h->last_count = v;
                 h->nb++;
@@ -291,7 +299,8 @@ static inline int pc_check(const char *text, pc_state *st) {
         } else if (le[0]) {
             rc = pc_fail(st, ln, "le label outside a histogram", line);
         }
-        if (strcmp(f->type, "counter") == 0 && (v < 0 || isnan(v))) rc = pc_fail(st, ln, "negative counter", line);
+        if (strcmp(f->type, "counter") == 0 && (v < 0 || isnan(v)))
+            rc = pc_fail(st, ln, "negative counter", line);
     }
     for (int k = 0; rc == 0 && k < st->nhist; k++) {
         const pc_histo *h = &st->hist[k];

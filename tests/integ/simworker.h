@@ -22,18 +22,18 @@
 
 typedef struct {
     char id[48];
-    int kind;          /* 0 train, 1 estimate, 2 eval */
+    int kind; /* 0 train, 1 estimate, 2 eval */
     int episode;
     int nslots;
     int slots[64];
     int resume;
     long long v0, pv, lv;
     double theta;
-    double *phi;       /* owned: the episodes start from it */
+    double *phi; /* owned: the episodes start from it */
     episode_t *eps[64];
     task_t tasks[64];
     double train_loss[64];
-    int t;             /* next step */
+    int t; /* next step */
     int stream, first, count;
     int done;
 } sim_lease;
@@ -57,24 +57,24 @@ typedef struct sim {
     int ncache;
     sim_lease *leases[SIM_MAX_LEASES];
     int nleases;
-    int check_repeat;  /* 1: once, re-post a step and check nothing changes */
+    int check_repeat; /* 1: once, re-post a step and check nothing changes */
     int repeat_checked;
     int errors;
-    int dropped;       /* leases lost (410) and dropped */
-    double last_hb;    /* monotonic time of the last heartbeat round */
+    int dropped;    /* leases lost (410) and dropped */
+    double last_hb; /* monotonic time of the last heartbeat round */
     char last_err[512];
 } sim_t;
 
 static inline void sim_fail(sim_t *s, const char *what, const hdc_resp *r) {
     s->errors++;
-    snprintf(s->last_err, sizeof s->last_err, "%s: status %ld body %.300s", what, r ? r->status : -1L,
-             r && r->body ? r->body : "");
+    snprintf(s->last_err, sizeof s->last_err, "%s: status %ld body %.300s", what,
+             r ? r->status : -1L, r && r->body ? r->body : "");
     fprintf(stderr, "simworker: %s\n", s->last_err);
 }
 
 /* Request with retry over server restarts. */
-static inline long sim_call(sim_t *s, const char *method, const char *path, const void *body, size_t len,
-                            const char *hdr, hdc_resp *r) {
+static inline long sim_call(sim_t *s, const char *method, const char *path, const void *body,
+                            size_t len, const char *hdr, hdc_resp *r) {
     char url[512];
     for (int attempt = 0; attempt < 50; attempt++) {
         snprintf(url, sizeof url, "%s%s", s->srv->base, path);
@@ -119,7 +119,8 @@ static inline int sim_tensor(sim_t *s, int which, long long v, double **out) {
         }
     }
     char path[160];
-    snprintf(path, sizeof path, "/v1/runs/%lld/%s?version=%lld", s->run, which ? "init" : "hyper", v);
+    snprintf(path, sizeof path, "/v1/runs/%lld/%s?version=%lld", s->run, which ? "init" : "hyper",
+             v);
     hdc_resp r;
     long st = sim_call(s, "GET", path, NULL, 0, NULL, &r);
     if (st == 404) {
@@ -193,7 +194,9 @@ static inline int sim_post_json(sim_t *s, const char *path, const char *json, hd
 
 static inline int sim_npy(const sim_t *s, const double *x, size_t n, uint8_t **buf, size_t *len) {
     size_t shape[1] = {n};
-    return npy_encode(s->spec.wire_f32 ? NPY_F32 : NPY_F64, 1, shape, x, buf, len, NULL) == HD_OK ? 0 : -1;
+    return npy_encode(s->spec.wire_f32 ? NPY_F32 : NPY_F64, 1, shape, x, buf, len, NULL) == HD_OK
+               ? 0
+               : -1;
 }
 
 /* Prepare slots (tasks, episodes at s_0, replay up to resume). 0 ok. */
@@ -209,9 +212,10 @@ static inline int sim_train_setup(sim_t *s, sim_lease *l) {
             return -1;
         }
         episode_set_guard(l->eps[i], s->spec.skip_nonfinite, s->spec.guard_loss);
-        task_make(&s->spec.task, s->spec.seed, TASK_STREAM_TRAIN, (uint64_t)l->episode, (uint64_t)l->slots[i],
-                  &l->tasks[i]);
-        episode_begin(l->eps[i], phi, l->tasks[i].xs, l->tasks[i].ys, l->tasks[i].xq, l->tasks[i].yq);
+        task_make(&s->spec.task, s->spec.seed, TASK_STREAM_TRAIN, (uint64_t)l->episode,
+                  (uint64_t)l->slots[i], &l->tasks[i]);
+        episode_begin(l->eps[i], phi, l->tasks[i].xs, l->tasks[i].ys, l->tasks[i].xq,
+                      l->tasks[i].yq);
     }
     double *g = malloc((s->n_lam ? s->n_lam : 1) * sizeof *g);
     for (int t = 1; t <= l->resume; t++) {
@@ -237,7 +241,8 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
         int t = l->t;
         double *lam;
         long long v = l->v0 + sim_posts_before(s, t);
-        int rc = s->spec.mode == SPEC_MODE_ASYNC ? sim_newest(s, &lam, &v) : sim_tensor(s, 0, v, &lam);
+        int rc =
+            s->spec.mode == SPEC_MODE_ASYNC ? sim_newest(s, &lam, &v) : sim_tensor(s, 0, v, &lam);
         if (rc == 1) break;
         if (rc < 0) goto fail;
         int posted = 0;
@@ -245,8 +250,10 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
             episode_info info;
             episode_step(l->eps[i], lam, l->theta, 0, g, &info);
             if (info.posted) {
-                if (i == 0) vec_copy(s->n_lam, sum, g);
-                else vec_axpy(s->n_lam, sum, 1.0, g);
+                if (i == 0)
+                    vec_copy(s->n_lam, sum, g);
+                else
+                    vec_axpy(s->n_lam, sum, 1.0, g);
                 posted = 1;
             }
             if (t == T) l->train_loss[i] = info.val_loss;
@@ -256,9 +263,11 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
             size_t len;
             if (sim_npy(s, sum, s->n_lam, &buf, &len) != 0) goto fail;
             char path[200];
-            snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%lld", l->id, t, l->nslots, v);
+            snprintf(path, sizeof path, "/v1/leases/%s/steps/%d?slots=%d&version=%lld", l->id, t,
+                     l->nslots, v);
             hdc_resp r;
-            long st = sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
+            long st =
+                sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
             if (st == 410) {
                 /* The lease was lost (expired): drop it; its slots come back. */
                 s->dropped++;
@@ -275,7 +284,8 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
                 free(buf);
                 goto fail;
             }
-            if (s->check_repeat && !s->repeat_checked && hdc_json_int(r.body, "lam_version", -1) == v) {
+            if (s->check_repeat && !s->repeat_checked &&
+                hdc_json_int(r.body, "lam_version", -1) == v) {
                 /* Repeat with a different body: same answer, nothing changes. */
                 s->repeat_checked = 1;
                 char hp[120];
@@ -312,7 +322,8 @@ static inline int sim_train_advance(sim_t *s, sim_lease *l) {
             if (sim_npy(s, episode_w(l->eps[i]), s->n_w, &buf, &len) != 0) goto fail;
             snprintf(path, sizeof path, "/v1/leases/%s/final?slot=%d", l->id, l->slots[i]);
             hdc_resp r;
-            long st = sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
+            long st =
+                sim_call(s, "POST", path, buf, len, "Content-Type: application/octet-stream", &r);
             free(buf);
             if (st == 410) {
                 s->dropped++;
@@ -366,19 +377,27 @@ static inline int sim_estimate(sim_t *s, sim_lease *l) {
         episode_t *e = NULL;
         task_t tk;
         memset(&tk, 0, sizeof tk);
-        episode_new(s->m, &s->spec.inner, &s->spec.method, T, s->spec.task.shots, s->spec.task.queries, &e, NULL);
-        task_alloc(&tk, s->spec.task.shots, s->spec.task.queries, s->spec.task.in_dim, s->spec.task.out_dim, NULL);
-        task_make(&s->spec.task, s->spec.seed, TASK_STREAM_TRAIN, (uint64_t)l->episode, (uint64_t)l->slots[i], &tk);
+        episode_new(s->m, &s->spec.inner, &s->spec.method, T, s->spec.task.shots,
+                    s->spec.task.queries, &e, NULL);
+        task_alloc(&tk, s->spec.task.shots, s->spec.task.queries, s->spec.task.in_dim,
+                   s->spec.task.out_dim, NULL);
+        task_make(&s->spec.task, s->spec.seed, TASK_STREAM_TRAIN, (uint64_t)l->episode,
+                  (uint64_t)l->slots[i], &tk);
         episode_begin(e, phi, tk.xs, tk.ys, tk.xq, tk.yq);
         long vj = 0;
         int good = episode_estimate(e, lam, s->spec.method.gamma, x, y, NULL, &vj, NULL) == HD_OK;
         episode_free(e);
         task_clear(&tk);
         size_t p = 0;
-        p += (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "{\"slot\":%d,\"x\":[", l->slots[i]);
-        for (int k = 0; good && k < T; k++) p += (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "%s%.17g", k ? "," : "", x[k]);
+        p += (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "{\"slot\":%d,\"x\":[",
+                              l->slots[i]);
+        for (int k = 0; good && k < T; k++)
+            p +=
+                (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "%s%.17g", k ? "," : "", x[k]);
         p += (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "],\"y\":[");
-        for (int k = 0; good && k < T; k++) p += (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "%s%.17g", k ? "," : "", y[k]);
+        for (int k = 0; good && k < T; k++)
+            p +=
+                (size_t)snprintf(body + p, (size_t)T * 60 + 256 - p, "%s%.17g", k ? "," : "", y[k]);
         snprintf(body + p, (size_t)T * 60 + 256 - p, "]}");
         char path[160];
         snprintf(path, sizeof path, "/v1/leases/%s/samples", l->id);
@@ -415,9 +434,10 @@ static inline int sim_eval(sim_t *s, sim_lease *l) {
     episode_t *e = NULL;
     task_t tk;
     memset(&tk, 0, sizeof tk);
-    episode_new(s->m, &s->spec.inner, &s->spec.method, s->spec.steps, s->spec.task.shots, s->spec.task.queries,
-                &e, NULL);
-    task_alloc(&tk, s->spec.task.shots, s->spec.task.queries, s->spec.task.in_dim, s->spec.task.out_dim, NULL);
+    episode_new(s->m, &s->spec.inner, &s->spec.method, s->spec.steps, s->spec.task.shots,
+                s->spec.task.queries, &e, NULL);
+    task_alloc(&tk, s->spec.task.shots, s->spec.task.queries, s->spec.task.in_dim,
+               s->spec.task.out_dim, NULL);
     double sum = 0;
     int blow = 0;
     for (int i = l->first; i < l->first + l->count; i++) {
@@ -430,8 +450,8 @@ static inline int sim_eval(sim_t *s, sim_lease *l) {
     task_clear(&tk);
     char path[160], body[256];
     snprintf(path, sizeof path, "/v1/leases/%s/complete", l->id);
-    snprintf(body, sizeof body, "{\"metrics\":{\"loss_sum\":%.17g,\"count\":%d,\"blowups\":%d}}", sum, l->count,
-             blow);
+    snprintf(body, sizeof body, "{\"metrics\":{\"loss_sum\":%.17g,\"count\":%d,\"blowups\":%d}}",
+             sum, l->count, blow);
     hdc_resp r;
     int ok = 0;
     if (sim_post_json(s, path, body, &r) != 200) {
@@ -473,8 +493,8 @@ static inline sim_lease *sim_lease_parse(const char *json) {
 }
 
 /* Set up the worker for run (token) with the given spec text. 0 ok. */
-static inline int sim_init(sim_t *s, hdc_server *srv, long long run, const char *token, const char *spec_json,
-                           int max_slots) {
+static inline int sim_init(sim_t *s, hdc_server *srv, long long run, const char *token,
+                           const char *spec_json, int max_slots) {
     memset(s, 0, sizeof *s);
     s->srv = srv;
     s->run = run;
@@ -482,7 +502,8 @@ static inline int sim_init(sim_t *s, hdc_server *srv, long long run, const char 
     s->max_slots = max_slots;
     hdc_conn_init(&s->conn);
     if (spec_parse(spec_json, strlen(spec_json), &s->spec, NULL) != HD_OK) return -1;
-    if (spec_model_new(&s->spec, s->spec.task.shots + s->spec.task.queries, &s->m, NULL) != HD_OK) return -1;
+    if (spec_model_new(&s->spec, s->spec.task.shots + s->spec.task.queries, &s->m, NULL) != HD_OK)
+        return -1;
     s->n_lam = mlp_n_lam(s->m);
     s->n_w = mlp_n_w(s->m);
     char path[96];
@@ -517,7 +538,8 @@ static inline int sim_drive(sim_t *s, double max_seconds) {
         for (;;) {
             if (s->nleases >= SIM_MAX_LEASES) break;
             snprintf(path, sizeof path, "/v1/runs/%lld/lease", s->run);
-            snprintf(body, sizeof body, "{\"worker_id\":\"%s\",\"max_slots\":%d}", s->worker_id, s->max_slots);
+            snprintf(body, sizeof body, "{\"worker_id\":\"%s\",\"max_slots\":%d}", s->worker_id,
+                     s->max_slots);
             hdc_resp r;
             long st = sim_post_json(s, path, body, &r);
             if (st == 204) {
@@ -550,14 +572,18 @@ static inline int sim_drive(sim_t *s, double max_seconds) {
         }
         for (int i = 0; i < s->nleases; i++) {
             sim_lease *l = s->leases[i];
-            int rc = l->kind == 0 ? sim_train_advance(s, l) : l->kind == 1 ? sim_estimate(s, l) : sim_eval(s, l);
+            int rc = l->kind == 0   ? sim_train_advance(s, l)
+                     : l->kind == 1 ? sim_estimate(s, l)
+                                    : sim_eval(s, l);
             if (rc < 0) return -1;
             if (rc > 0 || l->kind != 0) progress = 1;
         }
         int j = 0;
         for (int i = 0; i < s->nleases; i++) {
-            if (s->leases[i]->done) sim_lease_free(s->leases[i]);
-            else s->leases[j++] = s->leases[i];
+            if (s->leases[i]->done)
+                sim_lease_free(s->leases[i]);
+            else
+                s->leases[j++] = s->leases[i];
         }
         s->nleases = j;
         if (!progress) {

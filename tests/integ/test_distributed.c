@@ -19,13 +19,13 @@
 #include "npy.h"
 
 #define SPEC_FMT                                                                                   \
-    "{\"task\": {\"family\": \"sinusoid\", \"shots\": 10, \"queries\": 10},"                      \
+    "{\"task\": {\"family\": \"sinusoid\", \"shots\": 10, \"queries\": 10},"                       \
     " \"model\": {\"layers\": [1, 40, 40, 1], \"activation\": \"relu\", \"hyper_layers\": 2},"     \
     " \"inner\": {\"steps\": 10, \"lr\": 0.01, \"momentum\": 0.9},"                                \
-    " \"outer\": {\"optimizer\": \"adam\", \"lr\": 0.001},"                                       \
-    " \"method\": {\"name\": \"hyperdistill\", \"gamma\": 0.9, \"estimation_period\": 50},"       \
-    " \"episodes\": %d, \"meta_batch\": 4, \"reptile_lr\": 1.0, \"seed\": 7,"                     \
-    " \"eval\": {\"meta_val_tasks\": 10, \"meta_test_tasks\": 20, \"interval\": 2},"              \
+    " \"outer\": {\"optimizer\": \"adam\", \"lr\": 0.001},"                                        \
+    " \"method\": {\"name\": \"hyperdistill\", \"gamma\": 0.9, \"estimation_period\": 50},"        \
+    " \"episodes\": %d, \"meta_batch\": 4, \"reptile_lr\": 1.0, \"seed\": 7,"                      \
+    " \"eval\": {\"meta_val_tasks\": 10, \"meta_test_tasks\": 20, \"interval\": 2},"               \
     " \"mode\": \"%s\", \"lease_seconds\": %d, \"max_staleness\": 8}"
 
 typedef struct {
@@ -68,8 +68,8 @@ static int wait_exit(pid_t pid, double timeout) {
     return -1;
 }
 
-static pid_t start_worker_shard(const hdc_server *s, const char *token, long run,
-                                const char *name, const char *dir, int slots, const char *shard) {
+static pid_t start_worker_shard(const hdc_server *s, const char *token, long run, const char *name,
+                                const char *dir, int slots, const char *shard) {
     char bin[512], runs[32], sl[16], log[512], base[64], tok[128], nm[64], sh[16];
     snprintf(sh, sizeof sh, "%s", shard);
     snprintf(base, sizeof base, "%s", s->base);
@@ -79,10 +79,23 @@ static pid_t start_worker_shard(const hdc_server *s, const char *token, long run
     snprintf(runs, sizeof runs, "%ld", run);
     snprintf(sl, sizeof sl, "%d", slots);
     snprintf(log, sizeof log, "%s/%s.log", dir, name);
-    char *argv[] = {bin, (char *)"--server", base, (char *)"--token", tok,
-                    (char *)"--run", runs, (char *)"--name", nm, (char *)"--slots", sl,
-                    (char *)"--no-progress", (char *)"--poll-wait", (char *)"2",
-                    (char *)"--shard", sh, NULL};
+    char *argv[] = {bin,
+                    (char *)"--server",
+                    base,
+                    (char *)"--token",
+                    tok,
+                    (char *)"--run",
+                    runs,
+                    (char *)"--name",
+                    nm,
+                    (char *)"--slots",
+                    sl,
+                    (char *)"--no-progress",
+                    (char *)"--poll-wait",
+                    (char *)"2",
+                    (char *)"--shard",
+                    sh,
+                    NULL};
     return spawn(argv, log);
 }
 
@@ -146,11 +159,13 @@ static int local_reference(const char *dir, const char *spec, result_t *r) {
     return 0;
 }
 
-static long create_run(hdc_conn *c, const hdc_server *s, const char *spec, char *token, size_t cap) {
+static long create_run(hdc_conn *c, const hdc_server *s, const char *spec, char *token,
+                       size_t cap) {
     char url[128];
     snprintf(url, sizeof url, "%s/v1/runs", s->base);
     hdc_resp r;
-    long st = hdc_req(c, "POST", url, HDC_ADMIN, spec, strlen(spec), "Content-Type: application/json", &r);
+    long st = hdc_req(c, "POST", url, HDC_ADMIN, spec, strlen(spec),
+                      "Content-Type: application/json", &r);
     long id = st == 201 ? (long)hdc_json_int(r.body, "id", -1) : -1;
     hdc_json_str(r.body, "worker_token", token, cap);
     if (st != 201) fprintf(stderr, "create run: HTTP %ld %s\n", st, r.body);
@@ -248,13 +263,16 @@ static void sync_with_workers(hdc_conn *c, const char *spec, const result_t *ref
     }
     for (int i = 0; i < nworkers; i++) {
         int st = wait_exit(pids[i], 180);
-        CHECK_MSG(st == 0, "%d workers: worker %d exit status %d (logs in %s)", nworkers, i, st, s.dir);
+        CHECK_MSG(st == 0, "%d workers: worker %d exit status %d (logs in %s)", nworkers, i, st,
+                  s.dir);
     }
     result_t got;
     char what[64];
     snprintf(what, sizeof what, "sync, %d worker%s", nworkers, nworkers > 1 ? "s" : "");
-    if (fetch_result(c, &s, id, &got) == 0) compare(what, &got, ref);
-    else CHECK_MSG(0, "%s: run did not complete (logs in %s)", what, s.dir);
+    if (fetch_result(c, &s, id, &got) == 0)
+        compare(what, &got, ref);
+    else
+        CHECK_MSG(0, "%s: run did not complete (logs in %s)", what, s.dir);
     result_clear(&got);
     hdc_cleanup(&s);
 }
@@ -283,15 +301,18 @@ static void sharded(hdc_conn *c, const char *spec, const result_t *ref) {
             if (!strstr(line, "lease joined") || strstr(line, "lease joined") > p) continue;
             joined++;
             for (const char *q = p + 6; *q && *q != ' ' && *q != '\n'; q++)
-                if (*q >= '0' && *q <= '9' && (q[1] < '0' || q[1] > '9') && (*q - '0') % 2 != i) wrong++;
+                if (*q >= '0' && *q <= '9' && (q[1] < '0' || q[1] > '9') && (*q - '0') % 2 != i)
+                    wrong++;
         }
         CHECK_MSG(joined > 0 && wrong == 0, "shard %d/2: %d leases, %d slots of the other shard", i,
                   joined, wrong);
         free(log);
     }
     result_t got;
-    if (fetch_result(c, &s, id, &got) == 0) compare("two shards, one worker each", &got, ref);
-    else CHECK_MSG(0, "shards: run did not complete (logs in %s)", s.dir);
+    if (fetch_result(c, &s, id, &got) == 0)
+        compare("two shards, one worker each", &got, ref);
+    else
+        CHECK_MSG(0, "shards: run did not complete (logs in %s)", s.dir);
     result_clear(&got);
     hdc_cleanup(&s);
 }
@@ -313,8 +334,10 @@ static void worker_killed(hdc_conn *c, const char *spec, const result_t *ref) {
     int st = wait_exit(b, 180);
     CHECK_MSG(st == 0, "worker kill: rescuer exit status %d (logs in %s)", st, s.dir);
     result_t got;
-    if (fetch_result(c, &s, id, &got) == 0) compare("worker SIGKILLed mid-episode", &got, ref);
-    else CHECK_MSG(0, "worker kill: run did not complete (logs in %s)", s.dir);
+    if (fetch_result(c, &s, id, &got) == 0)
+        compare("worker SIGKILLed mid-episode", &got, ref);
+    else
+        CHECK_MSG(0, "worker kill: run did not complete (logs in %s)", s.dir);
     result_clear(&got);
     hdc_cleanup(&s);
 }
@@ -341,8 +364,10 @@ static void server_killed(hdc_conn *c, const char *spec, const result_t *ref) {
         CHECK_MSG(st == 0, "server kill: worker %d exit status %d (logs in %s)", i, st, s.dir);
     }
     result_t got;
-    if (fetch_result(c, &s, id, &got) == 0) compare("server SIGKILLed and restarted", &got, ref);
-    else CHECK_MSG(0, "server kill: run did not complete (logs in %s)", s.dir);
+    if (fetch_result(c, &s, id, &got) == 0)
+        compare("server SIGKILLed and restarted", &got, ref);
+    else
+        CHECK_MSG(0, "server kill: run did not complete (logs in %s)", s.dir);
     result_clear(&got);
     hdc_cleanup(&s);
 }
@@ -405,17 +430,34 @@ static void bad_settings(hdc_conn *c, const char *spec) {
     char bin[512], runs[32];
     snprintf(bin, sizeof bin, "%s/hdworker", hdc_build_dir());
     snprintf(runs, sizeof runs, "%ld", id);
-    char *a1[] = {bin, (char *)"--server", s.base, (char *)"--token", token, (char *)"--run", runs,
-                  (char *)"--shard", (char *)"3/2", NULL};
+    char *a1[] = {bin,           (char *)"--server",
+                  s.base,        (char *)"--token",
+                  token,         (char *)"--run",
+                  runs,          (char *)"--shard",
+                  (char *)"3/2", NULL};
     bad_setting("--shard 3/2", a1, s.dir);
-    char *a2[] = {bin, (char *)"--server", (char *)"http://127.0.0.1:1", (char *)"--token", token,
-                  (char *)"--run", runs, (char *)"--retry-deadline", (char *)"1", NULL};
+    char *a2[] = {bin,
+                  (char *)"--server",
+                  (char *)"http://127.0.0.1:1",
+                  (char *)"--token",
+                  token,
+                  (char *)"--run",
+                  runs,
+                  (char *)"--retry-deadline",
+                  (char *)"1",
+                  NULL};
     bad_setting("unreachable URL", a2, s.dir);
-    char *a3[] = {bin, (char *)"--server", s.base, (char *)"--token", (char *)"not-the-token",
-                  (char *)"--run", runs, NULL};
+    char *a3[] = {bin,
+                  (char *)"--server",
+                  s.base,
+                  (char *)"--token",
+                  (char *)"not-the-token",
+                  (char *)"--run",
+                  runs,
+                  NULL};
     bad_setting("wrong token", a3, s.dir);
-    char *a4[] = {bin, (char *)"--server", s.base, (char *)"--token", token, (char *)"--run",
-                  (char *)"999", NULL};
+    char *a4[] = {bin,   (char *)"--server", s.base,        (char *)"--token",
+                  token, (char *)"--run",    (char *)"999", NULL};
     bad_setting("unknown run", a4, s.dir);
     char *a5[] = {bin, (char *)"--server", (char *)"ftp://x", (char *)"--token", token, NULL};
     bad_setting("not an http URL", a5, s.dir);

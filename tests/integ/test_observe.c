@@ -22,23 +22,22 @@ static const char *spec_a =
     "\"eval\":{\"meta_val_tasks\":4,\"meta_test_tasks\":6,\"interval\":1}}";
 
 /* A long run that is only driven partly. */
-static const char *spec_b =
-    "{\"task\":{\"family\":\"sinusoid\",\"shots\":10,\"queries\":10},"
-    "\"model\":{\"layers\":[1,16,16,1],\"hyper_layers\":2},"
-    "\"inner\":{\"steps\":4},\"method\":{\"name\":\"onestep\"},"
-    "\"episodes\":500,\"meta_batch\":2,\"seed\":5,"
-    "\"eval\":{\"meta_val_tasks\":3,\"interval\":1}}";
+static const char *spec_b = "{\"task\":{\"family\":\"sinusoid\",\"shots\":10,\"queries\":10},"
+                            "\"model\":{\"layers\":[1,16,16,1],\"hyper_layers\":2},"
+                            "\"inner\":{\"steps\":4},\"method\":{\"name\":\"onestep\"},"
+                            "\"episodes\":500,\"meta_batch\":2,\"seed\":5,"
+                            "\"eval\":{\"meta_val_tasks\":3,\"interval\":1}}";
 
 /* ---- an SSE reader on its own thread ---------------------------------------- */
 
 typedef struct {
     char url[512];
-    char hdr[160];        /* extra header line or "" */
-    double timeout;       /* seconds */
+    char hdr[160];  /* extra header line or "" */
+    double timeout; /* seconds */
     pthread_mutex_t mu;
-    char *buf;            /* received bytes (NUL-terminated) */
+    char *buf; /* received bytes (NUL-terminated) */
     size_t len;
-    int done;             /* 1 when the transfer ended */
+    int done; /* 1 when the transfer ended */
     int curl_rc;
     long status;
     pthread_t th;
@@ -118,7 +117,8 @@ static int count_of(const char *text, const char *needle) {
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static long long create_run(hdc_conn *c, const char *base, const char *spec, char *token, size_t cap) {
+static long long create_run(hdc_conn *c, const char *base, const char *spec, char *token,
+                            size_t cap) {
     char url[256];
     snprintf(url, sizeof url, "%s/v1/runs", base);
     hdc_resp r;
@@ -146,7 +146,8 @@ static double cpu_seconds(pid_t pid) {
     buf[n] = 0;
     const char *p = strrchr(buf, ')');
     unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -159,23 +160,26 @@ static int has_spark(const char *s) {
 static void check_checker(void) {
     /* The checker itself must refuse broken expositions. */
     static const char *const bad[] = {
-        "x 1\n",                                                             /* no HELP/TYPE */
-        "# HELP x h\n# TYPE x counter\nx 1\n",                               /* counter without _total */
-        "# HELP x h\n# TYPE x gauge\nx{a=\"1\"} 1\nx{a=\"1\"} 2\n",          /* duplicate */
-        "# HELP x h\n# TYPE x gauge\nx{1a=\"1\"} 1\n",                       /* label name */
-        "# HELP x h\n# TYPE x gauge\nx{a=\"1} 1\n",                          /* unterminated */
+        "x 1\n",                                                    /* no HELP/TYPE */
+        "# HELP x h\n# TYPE x counter\nx 1\n",                      /* counter without _total */
+        "# HELP x h\n# TYPE x gauge\nx{a=\"1\"} 1\nx{a=\"1\"} 2\n", /* duplicate */
+        "# HELP x h\n# TYPE x gauge\nx{1a=\"1\"} 1\n",              /* label name */
+        "# HELP x h\n# TYPE x gauge\nx{a=\"1} 1\n",                 /* unterminated */
         "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 1\n"
-        "h_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n",                     /* not cumulative */
-        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n",
+        "h_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n", /* not cumulative */
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum "
+        "1\nh_count 3\n",
         "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n", /* no +Inf */
-        "# HELP x h\n# TYPE x gauge\nx abc\n",                               /* value */
+        "# HELP x h\n# TYPE x gauge\nx abc\n",                                        /* value */
     };
     pc_state st;
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) CHECK_MSG(pc_check(bad[i], &st) != 0, "checker accepted case %zu", i);
-    CHECK_MSG(pc_check("# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
-                       "h_sum 1.5\nh_count 2\n# HELP g g\n# TYPE g gauge\ng{a=\"x\\\"y\"} NaN\n",
-                       &st) == 0,
-              "checker refused a good exposition: %s", st.err);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_MSG(pc_check(bad[i], &st) != 0, "checker accepted case %zu", i);
+    CHECK_MSG(
+        pc_check("# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
+                 "h_sum 1.5\nh_count 2\n# HELP g g\n# TYPE g gauge\ng{a=\"x\\\"y\"} NaN\n",
+                 &st) == 0,
+        "checker refused a good exposition: %s", st.err);
 }
 
 int main(void) {
@@ -236,7 +240,8 @@ int main(void) {
     sse_join(&ev);
     CHECK_EQ_INT(ev.curl_rc, 0);
     txt = ev.buf ? ev.buf : "";
-    CHECK(strstr(txt, "id: 3\n") != NULL && strstr(txt, "id: 2\n") == NULL && strstr(txt, "id: 1\n") == NULL);
+    CHECK(strstr(txt, "id: 3\n") != NULL && strstr(txt, "id: 2\n") == NULL &&
+          strstr(txt, "id: 1\n") == NULL);
     free(ev.buf);
 
     /* Events auth: none -> 401; another run's worker token -> 403; bad id -> 400. */
@@ -261,9 +266,10 @@ int main(void) {
     char want[64];
     snprintf(want, sizeof want, "run %lld  running  phase ", b);
     CHECK(strstr(r.body, want) != NULL);
-    static const char *const fields[] = {"  episode ", "  step ", "  lam version ", "  theta ", "  train loss ",
-                                         "  val loss ", "  val loss trend ", "  workers ", "LAST HEARTBEAT",
-                                         " s ago", "  leases ", " / 500"};
+    static const char *const fields[] = {
+        "  episode ",     "  step ",     "  lam version ",    "  theta ",
+        "  train loss ",  "  val loss ", "  val loss trend ", "  workers ",
+        "LAST HEARTBEAT", " s ago",      "  leases ",         " / 500"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         CHECK_MSG(strstr(r.body, fields[i]) != NULL, "text status lacks '%s'", fields[i]);
     CHECK(has_spark(r.body));
@@ -292,12 +298,14 @@ int main(void) {
     CHECK(count_of(r.body, "\n") == 3);
     CHECK(strstr(r.body, "completed") != NULL && strstr(r.body, "running") != NULL);
     hdc_resp_free(&r);
-    CHECK_EQ_INT(hdc_req(&c, "GET", url, tok_b, NULL, 0, NULL, &r), 403); /* the list is admin only */
+    CHECK_EQ_INT(hdc_req(&c, "GET", url, tok_b, NULL, 0, NULL, &r),
+                 403); /* the list is admin only */
     hdc_resp_free(&r);
 
     /* 3. /metrics: a refused step post first, then the strict checker. */
     snprintf(url, sizeof url, "%s/v1/leases/0123456789abcdef0123456789abcdef/steps/1", srv.base);
-    long st_refused = hdc_req(&c, "POST", url, tok_b, "x", 1, "Content-Type: application/octet-stream", &r);
+    long st_refused =
+        hdc_req(&c, "POST", url, tok_b, "x", 1, "Content-Type: application/octet-stream", &r);
     CHECK(st_refused >= 400);
     hdc_resp_free(&r);
     snprintf(url, sizeof url, "%s/metrics", srv.base);
@@ -313,9 +321,13 @@ int main(void) {
     snprintf(line, sizeof line, "hd_posts_total{run=\"%lld\"} ", b);
     CHECK(strstr(r.body, line) != NULL);
     CHECK(strstr(r.body, "hd_posts_refused_total{reason=\"stale\"} ") != NULL);
-    CHECK(strstr(r.body, "hd_http_request_duration_seconds_bucket{class=\"lease_step\",le=\"+Inf\"} ") != NULL);
-    CHECK(strstr(r.body, "hd_leases_active{run=") != NULL && strstr(r.body, "hd_workers{run=") != NULL);
-    CHECK(strstr(r.body, HDC_ADMIN) == NULL && strstr(r.body, tok_a) == NULL && strstr(r.body, "sinusoid") == NULL);
+    CHECK(strstr(r.body,
+                 "hd_http_request_duration_seconds_bucket{class=\"lease_step\",le=\"+Inf\"} ") !=
+          NULL);
+    CHECK(strstr(r.body, "hd_leases_active{run=") != NULL &&
+          strstr(r.body, "hd_workers{run=") != NULL);
+    CHECK(strstr(r.body, HDC_ADMIN) == NULL && strstr(r.body, tok_a) == NULL &&
+          strstr(r.body, "sinusoid") == NULL);
     long long refused = 0;
     for (const char *q = r.body; (q = strstr(q, "\nhd_posts_refused_total{")) != NULL; q++)
         refused += strtoll(strchr(q, '}') + 2, NULL, 10);
@@ -342,13 +354,15 @@ int main(void) {
     snprintf(url, sizeof url, "%s/", srv.base);
     CHECK_EQ_INT(hdc_req(&c, "GET", url, NULL, NULL, 0, NULL, &r), 200);
     CHECK(strstr(r.body, "<!DOCTYPE html>") != NULL && strstr(r.body, "EventSource") != NULL);
-    CHECK(strstr(r.body, "http://") == NULL || strstr(r.body, "http://www.w3.org/2000/svg") != NULL);
+    CHECK(strstr(r.body, "http://") == NULL ||
+          strstr(r.body, "http://www.w3.org/2000/svg") != NULL);
     hdc_resp_free(&r);
 
     /* 5. An idle stream costs little CPU and sends heartbeats; SIGTERM with
      * it open exits 0 within 5 s and ends the stream. */
     long long cid = create_run(&c, srv.base, spec_b, tok_c, sizeof tok_c);
-    snprintf(url, sizeof url, "%s/v1/runs/%lld/events?heartbeat=0.3&access_token=%s", srv.base, cid, HDC_ADMIN);
+    snprintf(url, sizeof url, "%s/v1/runs/%lld/events?heartbeat=0.3&access_token=%s", srv.base, cid,
+             HDC_ADMIN);
     CHECK(sse_start(&ev, url, NULL, 60.0) == 0);
     CHECK(sse_wait_for(&ev, "event: state", 5.0));
     double cpu0 = cpu_seconds(srv.pid);

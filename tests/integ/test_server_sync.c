@@ -21,7 +21,8 @@ static const char *spec_sync =
 static const char *spec_async =
     "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,16,16,1],\"hyper_layers\":2},"
     "\"inner\":{\"steps\":4},\"method\":{\"name\":\"onestep\"},\"episodes\":2,\"meta_batch\":2,"
-    "\"eval\":{\"meta_val_tasks\":3,\"meta_test_tasks\":3},\"mode\":\"async\",\"max_staleness\":100}";
+    "\"eval\":{\"meta_val_tasks\":3,\"meta_test_tasks\":3},\"mode\":\"async\",\"max_staleness\":"
+    "100}";
 
 static double *load_npy(const char *path, size_t *n) {
     double *x = NULL;
@@ -31,14 +32,16 @@ static double *load_npy(const char *path, size_t *n) {
     return x;
 }
 
-static double *get_tensor(hdc_conn *c, const char *base, long long run, const char *what, size_t *n) {
+static double *get_tensor(hdc_conn *c, const char *base, long long run, const char *what,
+                          size_t *n) {
     char url[256];
     snprintf(url, sizeof url, "%s/v1/runs/%lld/%s", base, run, what);
     hdc_resp r;
     hdc_req(c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
     double *x = NULL;
     npy_header h;
-    if (r.status == 200 && npy_decode((const uint8_t *)r.body, r.len, 1u << 26, 0, &h, &x, NULL) == HD_OK)
+    if (r.status == 200 &&
+        npy_decode((const uint8_t *)r.body, r.len, 1u << 26, 0, &h, &x, NULL) == HD_OK)
         *n = h.count;
     hdc_resp_free(&r);
     return x;
@@ -51,7 +54,8 @@ static double json_num(const char *json, const char *key) {
     return p ? strtod(p + strlen(pat), NULL) : (double)NAN;
 }
 
-static long long create_run(hdc_conn *c, const char *base, const char *spec, char *token, size_t cap) {
+static long long create_run(hdc_conn *c, const char *base, const char *spec, char *token,
+                            size_t cap) {
     char url[256];
     snprintf(url, sizeof url, "%s/v1/runs", base);
     hdc_resp r;
@@ -81,8 +85,8 @@ int main(void) {
     FILE *f = fopen(specf, "w");
     fputs(spec_sync, f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "%s/hdworker --local %s --out %s > %s/local.log 2>&1", hdc_build_dir(), specf, outd,
-             srv.dir);
+    snprintf(cmd, sizeof cmd, "%s/hdworker --local %s --out %s > %s/local.log 2>&1",
+             hdc_build_dir(), specf, outd, srv.dir);
     CHECK_EQ_INT(system(cmd), 0);
 
     long long run = create_run(&c, srv.base, spec_sync, token, sizeof token);
@@ -144,9 +148,11 @@ int main(void) {
     double th = json_num(r.body, "theta"), th_ref = json_num(sum, "theta");
     CHECK_MSG(fabs(th - th_ref) <= 1e-9 * fabs(th_ref), "theta %.17g vs local %.17g", th, th_ref);
     double mt = json_num(r.body, "meta_test_loss"), mt_ref = json_num(sum, "meta_test_loss");
-    CHECK_MSG(fabs(mt - mt_ref) <= 1e-9 * fabs(mt_ref), "meta_test_loss %.17g vs local %.17g", mt, mt_ref);
+    CHECK_MSG(fabs(mt - mt_ref) <= 1e-9 * fabs(mt_ref), "meta_test_loss %.17g vs local %.17g", mt,
+              mt_ref);
     double mv = json_num(r.body, "meta_val_loss"), mv_ref = json_num(sum, "meta_val_loss");
-    CHECK_MSG(fabs(mv - mv_ref) <= 1e-9 * fabs(mv_ref), "meta_val_loss %.17g vs local %.17g", mv, mv_ref);
+    CHECK_MSG(fabs(mv - mv_ref) <= 1e-9 * fabs(mv_ref), "meta_val_loss %.17g vs local %.17g", mv,
+              mv_ref);
     hdc_resp_free(&r);
 
     /* Metrics (JSON and CSV) and samples. */
@@ -176,7 +182,8 @@ int main(void) {
     mj = cJSON_Parse(r.body);
     CHECK(mj && cJSON_GetArraySize(mj) == 2); /* episodes 1 and 4 */
     if (mj && cJSON_GetArraySize(mj) == 2)
-        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(mj, 0), "samples")), 3 * 6);
+        CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(mj, 0), "samples")),
+                     3 * 6);
     cJSON_Delete(mj);
     hdc_resp_free(&r);
 

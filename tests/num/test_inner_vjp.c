@@ -104,8 +104,7 @@ static double *dalloc(size_t n) {
 }
 
 static void fill_nan(size_t n, double *x) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = NAN;
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
 /* Signs of the hidden pre-activations of the naive forward at parameters p
@@ -115,8 +114,7 @@ static void ref_pattern(const netspec *ns, const double *p, const double *x, siz
                         unsigned char *pat) {
     double a[REF_MAXN * REF_MAXW], zb[REF_MAXN * REF_MAXW];
     size_t L = ns->nwidths - 1, off = 0, poff = 0;
-    if (n > REF_MAXN)
-        exit(3);
+    if (n > REF_MAXN) exit(3);
     memcpy(a, x, n * ns->widths[0] * sizeof *a);
     for (size_t l = 0; l + 1 < L; l++) {
         size_t in = ns->widths[l], out = ns->widths[l + 1];
@@ -125,8 +123,7 @@ static void ref_pattern(const netspec *ns, const double *p, const double *x, siz
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < out; j++) {
                 double s = b[j];
-                for (size_t q = 0; q < in; q++)
-                    s += W[j * in + q] * a[i * in + q];
+                for (size_t q = 0; q < in; q++) s += W[j * in + q] * a[i * in + q];
                 zb[i * out + j] = s;
             }
         for (size_t t = 0; t < n * out; t++) {
@@ -173,8 +170,7 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
     for (size_t l = 0; l + 1 < ns->nwidths; l++) {
         size_t li = ns->widths[l], lo = ns->widths[l + 1];
         double bd = 1.0 / sqrt((double)li);
-        for (size_t t = 0; t < lo * (li + 1); t++)
-            I->pfull[off + t] = rng_range(&r, -bd, bd);
+        for (size_t t = 0; t < lo * (li + 1); t++) I->pfull[off + t] = rng_range(&r, -bd, bd);
         off += lo * (li + 1);
     }
     if (ns->loss == MLP_LOSS_MSE) {
@@ -185,29 +181,24 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
         }
     } else {
         for (size_t i = 0; i < I->n; i++) {
-            for (size_t q = 0; q < in; q++)
-                I->x[i * in + q] = rng_normal(&r);
+            for (size_t q = 0; q < in; q++) I->x[i * in + q] = rng_normal(&r);
             size_t c = (size_t)rng_below(&r, out);
-            for (size_t j = 0; j < out; j++)
-                I->y[i * out + j] = (j == c) ? 1.0 : 0.0;
+            for (size_t j = 0; j < out; j++) I->y[i * out + j] = (j == c) ? 1.0 : 0.0;
         }
     }
     if (ns->act == MLP_ACT_RELU) {
         size_t li = ns->widths[0], lo = ns->widths[1];
         double zk = 0.0;
-        for (size_t q = 0; q < li; q++)
-            zk += I->pfull[KINK_UNIT * li + q] * I->x[q];
+        for (size_t q = 0; q < li; q++) zk += I->pfull[KINK_UNIT * li + q] * I->x[q];
         I->pfull[lo * li + KINK_UNIT] = KINK_Z - zk;
         /* layer 0 lives in lam (z offset 2 n_w) when k >= 1, else in w */
         size_t base = k ? 2 * I->nw : 0;
         I->kink_w = base + KINK_UNIT * li;
         I->kink_b = base + lo * li + KINK_UNIT;
     }
-    memcpy(I->z, I->pfull + I->nl, I->nw * sizeof *I->z); /* w */
-    for (size_t i = 0; i < I->nw; i++)
-        I->z[I->nw + i] = 0.1 * rng_normal(&r); /* v */
-    if (I->nl)
-        memcpy(I->z + 2 * I->nw, I->pfull, I->nl * sizeof *I->z); /* lam */
+    memcpy(I->z, I->pfull + I->nl, I->nw * sizeof *I->z);                      /* w */
+    for (size_t i = 0; i < I->nw; i++) I->z[I->nw + i] = 0.1 * rng_normal(&r); /* v */
+    if (I->nl) memcpy(I->z + 2 * I->nw, I->pfull, I->nl * sizeof *I->z);       /* lam */
     for (size_t i = 0; i < I->nw; i++) {
         I->a_w[i] = rng_normal(&r);
         I->a_v[i] = rng_normal(&r);
@@ -215,14 +206,11 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
     vec_scale(I->nw, I->a_w, 1.0 / vec_nrm2(I->nw, I->a_w));
     vec_scale(I->nw, I->a_v, 1.0 / vec_nrm2(I->nw, I->a_v));
     I->npat = 0;
-    for (size_t l = 1; l + 1 < ns->nwidths; l++)
-        I->npat += I->n * ns->widths[l];
+    for (size_t l = 1; l + 1 < ns->nwidths; l++) I->npat += I->n * ns->widths[l];
     I->pat0 = malloc(I->npat ? I->npat : 1);
     I->patt = malloc(I->npat ? I->npat : 1);
-    if (!I->pat0 || !I->patt)
-        exit(2);
-    if (ns->act == MLP_ACT_RELU)
-        ref_pattern(ns, I->pfull, I->x, I->n, I->pat0);
+    if (!I->pat0 || !I->patt) exit(2);
+    if (ns->act == MLP_ACT_RELU) ref_pattern(ns, I->pfull, I->x, I->n, I->pat0);
 }
 
 static void inst_free(inst *I) {
@@ -265,23 +253,18 @@ static void eval_s(inst *I, const double *z, double *s, double *sp) {
 
 /* Number of hidden ReLU sign changes at z +- h d (d NULL: coordinate ci). */
 static size_t flips(inst *I, const double *d, size_t ci, double h) {
-    if (I->ns->act != MLP_ACT_RELU)
-        return 0;
+    if (I->ns->act != MLP_ACT_RELU) return 0;
     size_t nf = 0, nl = I->nl, nw = I->nw;
     for (int s = -1; s <= 1; s += 2) {
-        for (size_t i = 0; i < I->nz; i++)
-            I->zz[i] = I->z[i];
+        for (size_t i = 0; i < I->nz; i++) I->zz[i] = I->z[i];
         if (d)
-            for (size_t i = 0; i < I->nz; i++)
-                I->zz[i] += (double)s * h * d[i];
+            for (size_t i = 0; i < I->nz; i++) I->zz[i] += (double)s * h * d[i];
         else
             I->zz[ci] += (double)s * h;
-        if (nl)
-            memcpy(I->pfull, zl(I, I->zz), nl * sizeof *I->pfull);
+        if (nl) memcpy(I->pfull, zl(I, I->zz), nl * sizeof *I->pfull);
         memcpy(I->pfull + nl, zw(I, I->zz), nw * sizeof *I->pfull);
         ref_pattern(I->ns, I->pfull, I->x, I->n, I->patt);
-        for (size_t t = 0; t < I->npat; t++)
-            nf += (I->patt[t] != I->pat0[t]);
+        for (size_t t = 0; t < I->npat; t++) nf += (I->patt[t] != I->pat0[t]);
     }
     return nf;
 }
@@ -306,8 +289,7 @@ static void exact_vjp(inst *I, double *e, double *ep) {
     inner_vjp(I->m, I->f, &I->cfg, zl(I, I->z), zw(I, I->z), I->y, I->a_w, I->a_v, e, e + nw,
               e + 2 * nw, scratch);
     memcpy(ep, e, I->nz * sizeof *e);
-    for (size_t i = 0; i < nw; i++)
-        ep[i] = e[i] - I->a_w[i];
+    for (size_t i = 0; i < nw; i++) ep[i] = e[i] - I->a_w[i];
     free(scratch);
 }
 
@@ -337,8 +319,7 @@ static void check_step_formula(inst *I) {
         double wn = w[i] - LR * vn;
         double tv = 4.0 * EPS * (fabs(MOMENTUM * v[i]) + fabs(g[i]));
         double tw = 4.0 * EPS * (fabs(w[i]) + LR * (fabs(MOMENTUM * v[i]) + fabs(g[i])));
-        if (!(fabs(v2[i] - vn) <= tv) || !(fabs(w2[i] - wn) <= tw))
-            bad++;
+        if (!(fabs(v2[i] - vn) <= tv) || !(fabs(w2[i] - wn) <= tw)) bad++;
     }
     CHECK_MSG(bad == 0, "%s k=%zu: %zu elements of inner_step off the formula", I->ns->name, I->k,
               bad);
@@ -366,8 +347,7 @@ static void check_vjp_formula_and_nulls(inst *I) {
            *ol = dalloc(nl), *scratch = dalloc(2 * nw), *ow2 = dalloc(nw), *ov2 = dalloc(nw),
            *ol2 = dalloc(nl);
     mlp_feat_compute(I->m, I->f, lam, I->x, I->n);
-    for (size_t i = 0; i < nw; i++)
-        c[i] = I->a_v[i] - LR * I->a_w[i];
+    for (size_t i = 0; i < nw; i++) c[i] = I->a_v[i] - LR * I->a_w[i];
     mlp_hvp_f(I->m, I->f, lam, w, I->y, NULL, c, hl, hw, NULL);
     fill_nan(nw, ow);
     fill_nan(nw, ov);
@@ -376,11 +356,9 @@ static void check_vjp_formula_and_nulls(inst *I) {
     /* a_w' = a_w + H_ww c, a_v' = mu c, a_lam = H_lw c: the same products in
      * a possibly different order, so 1e-13 relative (max-norm). */
     double *ref = dalloc(nw);
-    for (size_t i = 0; i < nw; i++)
-        ref[i] = I->a_w[i] + hw[i];
+    for (size_t i = 0; i < nw; i++) ref[i] = I->a_w[i] + hw[i];
     double ew = vec_max_rel_diff(nw, ow, ref);
-    for (size_t i = 0; i < nw; i++)
-        ref[i] = MOMENTUM * c[i];
+    for (size_t i = 0; i < nw; i++) ref[i] = MOMENTUM * c[i];
     double ev = vec_max_rel_diff(nw, ov, ref);
     double el = nl ? vec_max_rel_diff(nl, ol, hl) : 0.0;
     CHECK_MSG(ew <= 1e-13, "%s k=%zu: a_w' vs a_w + H_ww c: %g", I->ns->name, I->k, ew);
@@ -400,15 +378,11 @@ static void check_vjp_formula_and_nulls(inst *I) {
         double *scr = dalloc(2 * nw); /* exact size: ASan checks the 2 n_w bound */
         inner_vjp(I->m, I->f, &I->cfg, lam, w, I->y, I->a_w, I->a_v, pw, pv, pl, scr);
         free(scr);
-        if (pw && !(vec_max_rel_diff(nw, ow2, ow) <= 1e-13))
-            ok = 0;
-        if (pv && !(vec_max_rel_diff(nw, ov2, ov) <= 1e-13))
-            ok = 0;
-        if (pl && nl && !(vec_max_rel_diff(nl, ol2, ol) <= 1e-13))
-            ok = 0;
+        if (pw && !(vec_max_rel_diff(nw, ow2, ow) <= 1e-13)) ok = 0;
+        if (pv && !(vec_max_rel_diff(nw, ov2, ov) <= 1e-13)) ok = 0;
+        if (pl && nl && !(vec_max_rel_diff(nl, ol2, ol) <= 1e-13)) ok = 0;
         CHECK_MSG(ok, "%s k=%zu: inner_vjp with NULL mask %d differs", I->ns->name, I->k, mask);
-        if (!ok)
-            break;
+        if (!ok) break;
     }
     /* k = 0: out_lam NULL and a zero-length out_lam are both fine (above). */
     free(c);
@@ -429,14 +403,12 @@ static void fd_components(inst *I, const size_t *idx, size_t ni, const double *e
                           const char *label) {
     double *fd = dalloc(ni), *fdp = dalloc(ni), *ex = dalloc(ni), *exp_ = dalloc(ni);
     int *tag = malloc((ni ? ni : 1) * sizeof *tag); /* block of each checked entry */
-    if (!tag)
-        exit(2);
+    if (!tag) exit(2);
     /* Per-block reference magnitude for the per-component tolerance. */
     double emax[3] = {0, 0, 0};
     size_t blk_lo[4] = {0, I->nw, 2 * I->nw, I->nz};
     for (int b = 0; b < 3; b++)
-        for (size_t i = blk_lo[b]; i < blk_lo[b + 1]; i++)
-            emax[b] = fmax(emax[b], fabs(e[i]));
+        for (size_t i = blk_lo[b]; i < blk_lo[b + 1]; i++) emax[b] = fmax(emax[b], fabs(e[i]));
     size_t nk = 0, skipped = 0, shrunk = 0, bad = 0;
     for (size_t j = 0; j < ni; j++) {
         size_t c = idx[j];
@@ -484,24 +456,21 @@ static void fd_components(inst *I, const size_t *idx, size_t ni, const double *e
         double n1 = 0.0, d1 = 0.0, n2 = 0.0, d2 = 0.0;
         size_t cnt = 0;
         for (size_t j = 0; j < nk; j++) {
-            if (tag[j] != b)
-                continue;
+            if (tag[j] != b) continue;
             cnt++;
             n1 += (fd[j] - ex[j]) * (fd[j] - ex[j]);
             d1 += ex[j] * ex[j];
             n2 += (fdp[j] - exp_[j]) * (fdp[j] - exp_[j]);
             d2 += exp_[j] * exp_[j];
         }
-        if (!cnt)
-            continue;
+        if (!cnt) continue;
         double r1 = sqrt(n1) / fmax(sqrt(d1), TINY), r2 = sqrt(n2) / fmax(sqrt(d2), TINY);
         CHECK_MSG(r1 <= REL_TOL, "%s k=%zu %s: %s FD rel err %g", I->ns->name, I->k, label, bn[b],
                   r1);
         CHECK_MSG(r2 <= REL_TOL, "%s k=%zu %s: %s (S') FD rel err %g", I->ns->name, I->k, label,
                   b == 0 ? "H_ww c" : bn[b], r2);
         printf(" %s %.1e", bn[b], r1);
-        if (b == 0)
-            printf(" (H_ww c %.1e)", r2);
+        if (b == 0) printf(" (H_ww c %.1e)", r2);
     }
     double rall = rel_err(nk, fd, ex);
     CHECK_MSG(rall <= REL_TOL, "%s k=%zu %s: whole-vector FD rel err %g", I->ns->name, I->k, label,
@@ -516,8 +485,7 @@ static void fd_components(inst *I, const size_t *idx, size_t ni, const double *e
 
 static void check_vjp_components(inst *I, rng_t *r, const double *e, const double *ep) {
     size_t *idx = malloc(I->nz * sizeof *idx), ni = 0;
-    if (!idx)
-        exit(2);
+    if (!idx) exit(2);
     size_t lo[3] = {0, I->nw, 2 * I->nw}, sz[3] = {I->nw, I->nw, I->nl};
     for (int b = 0; b < 3; b++) {
         /* tanh: everything; ReLU: up to 150 components spread over the block */
@@ -546,24 +514,20 @@ static void check_vjp_directions(inst *I, rng_t *r, const double *e, const doubl
     int redraws = 0;
     printf("  VJP directions:");
     for (int fi = 0; fi < 4; fi++) {
-        if (fams[fi] == 4 && I->nl == 0)
-            continue;
+        if (fams[fi] == 4 && I->nl == 0) continue;
         double fd[ND], ex[ND], fdp[ND], exq[ND];
         for (int j = 0; j < ND; j++) {
             do {
                 vec_zero(I->nz, d);
                 for (int b = 0; b < 3; b++)
                     if (fams[fi] & (1 << b))
-                        for (size_t i = lo[b]; i < hi[b]; i++)
-                            d[i] = rng_normal(r);
+                        for (size_t i = lo[b]; i < hi[b]; i++) d[i] = rng_normal(r);
                 vec_scale(I->nz, d, 1.0 / vec_nrm2(I->nz, d));
             } while (flips(I, d, 0, FD_H) && ++redraws < MAX_REDRAW);
             double sp, spp, sm, smp;
-            for (size_t i = 0; i < I->nz; i++)
-                I->zz[i] = I->z[i] + FD_H * d[i];
+            for (size_t i = 0; i < I->nz; i++) I->zz[i] = I->z[i] + FD_H * d[i];
             eval_s(I, I->zz, &sp, &spp);
-            for (size_t i = 0; i < I->nz; i++)
-                I->zz[i] = I->z[i] - FD_H * d[i];
+            for (size_t i = 0; i < I->nz; i++) I->zz[i] = I->z[i] - FD_H * d[i];
             eval_s(I, I->zz, &sm, &smp);
             fd[j] = (sp - sm) / (2.0 * FD_H);
             fdp[j] = (spp - smp) / (2.0 * FD_H);

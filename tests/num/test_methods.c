@@ -46,9 +46,9 @@
 #include "vec.h"
 
 #define MOMENTUM 0.9
-#define FD_H 1e-5         /* central-difference step along a unit direction */
-#define FD_REL_TOL 1e-5   /* section 1 bar: rmd vs FD of the unrolled loss */
-#define FD_DIRS 4         /* random directions per case */
+#define FD_H 1e-5       /* central-difference step along a unit direction */
+#define FD_REL_TOL 1e-5 /* section 1 bar: rmd vs FD of the unrolled loss */
+#define FD_DIRS 4       /* random directions per case */
 #define TINY 1e-300
 
 static double *dalloc(size_t n) {
@@ -88,7 +88,7 @@ typedef struct {
     size_t widths[6];
     mlp_act act;
     mlp_loss loss;
-    size_t k;    /* hyper_layers */
+    size_t k; /* hyper_layers */
     size_t n_s, n_q;
     double lr;
 } netspec;
@@ -107,8 +107,15 @@ static const netspec NET_SIN_TANH = {
     "1-40-40-1 tanh mse k=2", 4, {1, 40, 40, 1}, MLP_ACT_TANH, MLP_LOSS_MSE, 2, 10, 10, 0.01};
 static const netspec NET_GM_TANH = {
     "20-16-16-5 tanh xent k=1", 4, {20, 16, 16, 5}, MLP_ACT_TANH, MLP_LOSS_XENT, 1, 25, 25, 0.1};
-static const netspec NET_SIN_RELU = {"1-100-100-100-1 relu mse k=3", 5, {1, 100, 100, 100, 1},
-                                     MLP_ACT_RELU, MLP_LOSS_MSE, 3, 10, 10, 0.01};
+static const netspec NET_SIN_RELU = {"1-100-100-100-1 relu mse k=3",
+                                     5,
+                                     {1, 100, 100, 100, 1},
+                                     MLP_ACT_RELU,
+                                     MLP_LOSS_MSE,
+                                     3,
+                                     10,
+                                     10,
+                                     0.01};
 static const netspec NET_SIN_TANH_K1 = {
     "1-40-40-1 tanh mse k=1", 4, {1, 40, 40, 1}, MLP_ACT_TANH, MLP_LOSS_MSE, 1, 10, 10, 0.01};
 
@@ -344,7 +351,8 @@ static void check_rmd_fd_case(const netspec *ns, int T, uint64_t seed) {
     double mn = 0.0;
     if (ns->act == MLP_ACT_RELU) lam_pattern(&N, N.lam, NULL, &mn);
     printf("  rmd vs FD  %-30s T=%-2d  n_lam=%-6zu worst rel %.2e", ns->name, T, nl, worst);
-    if (ns->act == MLP_ACT_RELU) printf("  (min |pre-act| %.2e, %d directions redrawn)", mn, redrawn);
+    if (ns->act == MLP_ACT_RELU)
+        printf("  (min |pre-act| %.2e, %d directions redrawn)", mn, redrawn);
     printf("\n");
     free(pat0);
     free(pat);
@@ -366,8 +374,10 @@ static void check_rmd_fd(void) {
 
 /* lam at step t: fixed, or lam_0 + 0.02 sin(t) d (changing). */
 static void lam_at(size_t nl, double *out, const double *lam0, const double *d, int t, int change) {
-    if (!change) memcpy(out, lam0, nl * sizeof *out);
-    else vec_lincomb(nl, out, 1.0, lam0, 0.02 * sin((double)t), d);
+    if (!change)
+        memcpy(out, lam0, nl * sizeof *out);
+    else
+        vec_lincomb(nl, out, 1.0, lam0, 0.02 * sin((double)t), d);
 }
 
 static void check_gamma0_onestep(const netspec *ns, int change) {
@@ -454,8 +464,10 @@ static void check_distilled(const netspec *ns, double gamma, int change, int uni
         mlp_grad_x(N.m, lam, traj + (size_t)t * nw, N.xq, N.yq, N.n_q, gfo, alpha);
         mlp_feat_compute(N.m, fs, lam, N.xs, N.n_s);
         inner_vjp(N.m, fs, &N.ic, lam, wstar, N.ys, alpha, zero, NULL, NULL, v, scr);
-        if (unit) vec_lincomb(nl, gref, 1.0, gfo, 1.0 / vec_nrm2(nl, v), v);
-        else vec_lincomb(nl, gref, 1.0, gfo, theta * S, v);
+        if (unit)
+            vec_lincomb(nl, gref, 1.0, gfo, 1.0 / vec_nrm2(nl, v), v);
+        else
+            vec_lincomb(nl, gref, 1.0, gfo, theta * S, v);
         double rel = rel_inf(nl, g, gref);
         worst = fmax(worst, rel);
         CHECK_MSG(info.posted && rel <= 1e-12,
@@ -463,8 +475,10 @@ static void check_distilled(const netspec *ns, double gamma, int change, int uni
                   ns->name, gamma, t, rel);
         /* episode_info.vnorm is ||v_t|| in pi_mode unit (the only mode that
          * needs v_t on its own), 0 in fitted mode. */
-        if (unit) vbad = fmax(vbad, fabs(info.vnorm - vec_nrm2(nl, v)) / vec_nrm2(nl, v));
-        else vbad = fmax(vbad, fabs(info.vnorm));
+        if (unit)
+            vbad = fmax(vbad, fabs(info.vnorm - vec_nrm2(nl, v)) / vec_nrm2(nl, v));
+        else
+            vbad = fmax(vbad, fabs(info.vnorm));
     }
     CHECK_MSG(vbad <= 1e-12, "%s gamma %g: info.vnorm differs from ||v_t|| (worst rel %.3g)",
               ns->name, gamma, vbad);
@@ -524,8 +538,8 @@ static void check_replay(const netspec *ns, method_kind kind) {
         }
     }
     CHECK(bit_equal(N.nw, episode_w(a), episode_w(b)));
-    CHECK_MSG(worst <= 1e-14, "%s: hypergradient after replay differs (rel %.3g)", method_name(kind),
-              worst);
+    CHECK_MSG(worst <= 1e-14, "%s: hypergradient after replay differs (rel %.3g)",
+              method_name(kind), worst);
     printf("  replay 1..%d then %d..%d  %-13s %d posts compared, worst rel %.2e\n", r, r + 1, T,
            method_name(kind), compared, worst);
     episode_free(a);
@@ -639,8 +653,8 @@ static void check_drmad_static(const netspec *ns, int T) {
     double so = rel_inf(nl, gf, gr);
     CHECK_MSG(so > 1e-3, "%s: second-order term too small to make the check meaningful (%.3g)",
               ns->name, so);
-    printf("  drmad vs rmd static trajectory %-26s T=%d rel %.2e (|rmd-fo|/|rmd| %.2e)\n",
-           ns->name, T, rel, so);
+    printf("  drmad vs rmd static trajectory %-26s T=%d rel %.2e (|rmd-fo|/|rmd| %.2e)\n", ns->name,
+           T, rel, so);
     mlp_feat_free(fs);
     free(out);
     free(gr);
@@ -836,8 +850,10 @@ static void check_estimate(const netspec *ns, int T, double gamma) {
     ref_estimate(&N, N.lam, T, gamma, xr, yr);
     double rx = rel_inf((size_t)T, x, xr), ry = rel_inf((size_t)T, y, yr);
     /* Bar 1e-12 relative to the largest sample. */
-    CHECK_MSG(rx <= 1e-12 && ry <= 1e-12, "%s T=%d gamma %g: estimation samples vs reference: "
-              "x rel %.3g, y rel %.3g", ns->name, T, gamma, rx, ry);
+    CHECK_MSG(rx <= 1e-12 && ry <= 1e-12,
+              "%s T=%d gamma %g: estimation samples vs reference: "
+              "x rel %.3g, y rel %.3g",
+              ns->name, T, gamma, rx, ry);
     /* theta from the sums == sum(xy) / sum(xx) over the returned samples,
      * same order of summation: bit for bit (checked to 1e-15). */
     double sxy = 0.0, sxx = 0.0;
@@ -914,8 +930,8 @@ static void check_vjp_counts(void) {
         int n, K;
         long want;
     } cases[] = {
-        {METHOD_FO, 3, 5, 0},           {METHOD_ONESTEP, 3, 5, T}, {METHOD_HYPERDISTILL, 3, 5, T},
-        {METHOD_DRMAD, 3, 5, T},        {METHOD_RMD, 3, 5, T},     {METHOD_NEUMANN, 3, 5, 4 * 5},
+        {METHOD_FO, 3, 5, 0},          {METHOD_ONESTEP, 3, 5, T}, {METHOD_HYPERDISTILL, 3, 5, T},
+        {METHOD_DRMAD, 3, 5, T},       {METHOD_RMD, 3, 5, T},     {METHOD_NEUMANN, 3, 5, 4 * 5},
         {METHOD_NEUMANN, 0, 2, 1 * 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -944,11 +960,17 @@ static void check_posts(void) {
             int p = method_posts_at(&mc, t, T), want;
             switch (mc.kind) {
             case METHOD_DRMAD:
-            case METHOD_RMD: want = t == T; break;
-            case METHOD_NEUMANN: want = t > T - 3; break;
-            default: want = 1;
+            case METHOD_RMD:
+                want = t == T;
+                break;
+            case METHOD_NEUMANN:
+                want = t > T - 3;
+                break;
+            default:
+                want = 1;
             }
-            CHECK_MSG(p == want, "%s posts_at(t=%d) = %d, want %d", method_name(mc.kind), t, p, want);
+            CHECK_MSG(p == want, "%s posts_at(t=%d) = %d, want %d", method_name(mc.kind), t, p,
+                      want);
             n += want;
         }
         CHECK_EQ_INT(method_posts_per_episode(&mc, T), n);
@@ -980,7 +1002,8 @@ static void check_posts(void) {
             if (!want) {
                 int untouched = 1;
                 for (size_t i = 0; i < N.nl; i++) untouched &= g[i] == 12345.0;
-                CHECK_MSG(untouched, "%s step %d: g written without posting", method_name(mc.kind), t);
+                CHECK_MSG(untouched, "%s step %d: g written without posting", method_name(mc.kind),
+                          t);
                 CHECK_EQ_INT(info.vjps, 0);
             }
         }
@@ -1046,8 +1069,10 @@ static void remove_tree(const char *dir) {
             char p[4096];
             snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
             struct stat st;
-            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-            else unlink(p);
+            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+                remove_tree(p);
+            else
+                unlink(p);
         }
         closedir(d);
     }

@@ -115,8 +115,7 @@ static double *dalloc(size_t n) {
 
 static size_t n_params(const netspec *ns, size_t from, size_t to) {
     size_t s = 0;
-    for (size_t l = from; l < to; l++)
-        s += ns->widths[l + 1] * (ns->widths[l] + 1);
+    for (size_t l = from; l < to; l++) s += ns->widths[l + 1] * (ns->widths[l] + 1);
     return s;
 }
 
@@ -127,8 +126,7 @@ static double ref_forward(const netspec *ns, const double *p, const double *x, c
                           size_t n, unsigned char *pat, double *fout) {
     double a[REF_MAXN * REF_MAXW], z[REF_MAXN * REF_MAXW];
     size_t L = ns->nwidths - 1, off = 0, poff = 0;
-    if (n > REF_MAXN)
-        exit(3);
+    if (n > REF_MAXN) exit(3);
     memcpy(a, x, n * ns->widths[0] * sizeof *a);
     for (size_t l = 0; l < L; l++) {
         size_t in = ns->widths[l], out = ns->widths[l + 1];
@@ -137,38 +135,31 @@ static double ref_forward(const netspec *ns, const double *p, const double *x, c
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < out; j++) {
                 double s = b[j];
-                for (size_t q = 0; q < in; q++)
-                    s += W[j * in + q] * a[i * in + q];
+                for (size_t q = 0; q < in; q++) s += W[j * in + q] * a[i * in + q];
                 z[i * out + j] = s;
             }
         if (l + 1 < L) {
             for (size_t t = 0; t < n * out; t++) {
-                if (pat)
-                    pat[poff + t] = (unsigned char)(z[t] > 0.0);
+                if (pat) pat[poff + t] = (unsigned char)(z[t] > 0.0);
                 a[t] = ns->act == MLP_ACT_RELU ? (z[t] > 0.0 ? z[t] : 0.0) : tanh(z[t]);
             }
             poff += n * out;
         }
     }
     size_t out = ns->widths[L];
-    if (fout)
-        memcpy(fout, z, n * out * sizeof *z);
+    if (fout) memcpy(fout, z, n * out * sizeof *z);
     double loss = 0.0;
     if (ns->loss == MLP_LOSS_MSE) {
-        for (size_t t = 0; t < n * out; t++)
-            loss += (z[t] - y[t]) * (z[t] - y[t]);
+        for (size_t t = 0; t < n * out; t++) loss += (z[t] - y[t]) * (z[t] - y[t]);
         return loss / (double)(n * out);
     }
     for (size_t i = 0; i < n; i++) {
         const double *f = z + i * out;
         double mx = f[0], se = 0.0;
-        for (size_t j = 1; j < out; j++)
-            mx = f[j] > mx ? f[j] : mx;
-        for (size_t j = 0; j < out; j++)
-            se += exp(f[j] - mx);
+        for (size_t j = 1; j < out; j++) mx = f[j] > mx ? f[j] : mx;
+        for (size_t j = 0; j < out; j++) se += exp(f[j] - mx);
         double lse = mx + log(se);
-        for (size_t j = 0; j < out; j++)
-            loss -= y[i * out + j] * (f[j] - lse);
+        for (size_t j = 0; j < out; j++) loss -= y[i * out + j] * (f[j] - lse);
     }
     return loss / (double)n;
 }
@@ -179,18 +170,14 @@ static void make_batch(const netspec *ns, rng_t *r, size_t n, double *x, double 
         /* sinusoid task: y = A sin(x + phase) */
         double A = rng_range(r, 0.1, 5.0), ph = rng_range(r, 0.0, M_PI);
         for (size_t i = 0; i < n; i++) {
-            for (size_t q = 0; q < in; q++)
-                x[i * in + q] = rng_range(r, -5.0, 5.0);
-            for (size_t j = 0; j < out; j++)
-                y[i * out + j] = A * sin(x[i * in] + ph + (double)j);
+            for (size_t q = 0; q < in; q++) x[i * in + q] = rng_range(r, -5.0, 5.0);
+            for (size_t j = 0; j < out; j++) y[i * out + j] = A * sin(x[i * in] + ph + (double)j);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
-            for (size_t q = 0; q < in; q++)
-                x[i * in + q] = rng_normal(r);
+            for (size_t q = 0; q < in; q++) x[i * in + q] = rng_normal(r);
             size_t c = (size_t)rng_below(r, out);
-            for (size_t j = 0; j < out; j++)
-                y[i * out + j] = (j == c) ? 1.0 : 0.0;
+            for (size_t j = 0; j < out; j++) y[i * out + j] = (j == c) ? 1.0 : 0.0;
         }
     }
 }
@@ -202,8 +189,7 @@ static void make_params(const netspec *ns, rng_t *r, double *p) {
     for (size_t l = 0; l + 1 < ns->nwidths; l++) {
         size_t in = ns->widths[l], out = ns->widths[l + 1];
         double bd = 1.0 / sqrt((double)in);
-        for (size_t t = 0; t < out * (in + 1); t++)
-            p[off + t] = rng_range(r, -bd, bd);
+        for (size_t t = 0; t < out * (in + 1); t++) p[off + t] = rng_range(r, -bd, bd);
         off += out * (in + 1);
     }
 }
@@ -239,17 +225,14 @@ static void inst_init(inst *I, const netspec *ns, size_t k, uint64_t seed) {
         I->kink_w = KINK_UNIT * kin;
         I->kink_b = kout * kin + KINK_UNIT;
         double z = 0.0;
-        for (size_t q = 0; q < kin; q++)
-            z += I->p[KINK_UNIT * kin + q] * I->x[q];
+        for (size_t q = 0; q < kin; q++) z += I->p[KINK_UNIT * kin + q] * I->x[q];
         I->p[I->kink_b] = KINK_Z - z;
     }
     I->npat = 0;
-    for (size_t l = 1; l + 1 < ns->nwidths; l++)
-        I->npat += I->n * ns->widths[l];
+    for (size_t l = 1; l + 1 < ns->nwidths; l++) I->npat += I->n * ns->widths[l];
     I->pat0 = malloc(I->npat);
     I->patt = malloc(I->npat);
-    if (!I->pat0 || !I->patt)
-        exit(2);
+    if (!I->pat0 || !I->patt) exit(2);
     ref_forward(ns, I->p, I->x, I->y, I->n, I->pat0, NULL);
 }
 
@@ -273,16 +256,14 @@ static double grad_at(inst *I, const double *p, double *g) {
 
 /* I->pp = p + t d */
 static void shift(inst *I, double t, const double *d) {
-    for (size_t i = 0; i < I->np; i++)
-        I->pp[i] = I->p[i] + t * d[i];
+    for (size_t i = 0; i < I->np; i++) I->pp[i] = I->p[i] + t * d[i];
 }
 
 /* Number of hidden ReLU pre-activations whose sign at p + s h d or p - s h d
  * differs from p. Always 0 for tanh (no kinks). d may be NULL with a
  * coordinate index ci to mean the unit vector e_ci. */
 static size_t flips(inst *I, const double *d, size_t ci, double h) {
-    if (I->ns->act != MLP_ACT_RELU)
-        return 0;
+    if (I->ns->act != MLP_ACT_RELU) return 0;
     size_t nf = 0;
     for (int s = -1; s <= 1; s += 2) {
         if (d)
@@ -292,8 +273,7 @@ static size_t flips(inst *I, const double *d, size_t ci, double h) {
             I->pp[ci] += (double)s * h;
         }
         ref_forward(I->ns, I->pp, I->x, I->y, I->n, I->patt, NULL);
-        for (size_t t = 0; t < I->npat; t++)
-            nf += (I->patt[t] != I->pat0[t]);
+        for (size_t t = 0; t < I->npat; t++) nf += (I->patt[t] != I->pat0[t]);
     }
     return nf;
 }
@@ -301,11 +281,9 @@ static size_t flips(inst *I, const double *d, size_t ci, double h) {
 /* Gaussian direction supported on [lo, hi) of the full vector, unit 2-norm. */
 static void rand_dir(rng_t *r, size_t np, size_t lo, size_t hi, double *d) {
     vec_zero(np, d);
-    for (size_t i = lo; i < hi; i++)
-        d[i] = rng_normal(r);
+    for (size_t i = lo; i < hi; i++) d[i] = rng_normal(r);
     double nr = vec_nrm2(np, d);
-    if (nr > 0.0)
-        vec_scale(np, d, 1.0 / nr);
+    if (nr > 0.0) vec_scale(np, d, 1.0 / nr);
 }
 
 static double rel_err(size_t n, const double *fd, const double *ex) {
@@ -335,11 +313,9 @@ static void check_reference_loss(inst *I) {
         double lf = mlp_forward_f(I->m, f, I->p + I->nl, I->y, fo);
         CHECK_NEAR(lf, lr, 1e-12 * fabs(lr));
         double fmax_ = 0.0;
-        for (size_t t = 0; t < I->n * out; t++)
-            fmax_ = fmax(fmax_, fabs(fr[t]));
+        for (size_t t = 0; t < I->n * out; t++) fmax_ = fmax(fmax_, fabs(fr[t]));
         double md = 0.0;
-        for (size_t t = 0; t < I->n * out; t++)
-            md = fmax(md, fabs(fo[t] - fr[t]));
+        for (size_t t = 0; t < I->n * out; t++) md = fmax(md, fabs(fo[t] - fr[t]));
         CHECK_MSG(md <= 1e-12 * fmax(fmax_, 1.0), "%s k=%zu outputs max diff %g", I->ns->name, I->k,
                   md);
         /* A smaller batch than max_batch through the conveniences. */
@@ -367,11 +343,9 @@ static void check_grad_components(inst *I, rng_t *r) {
               "g_w with g_lam NULL differs: %g", vec_max_rel_diff(I->nw, gn + I->nl, g + I->nl));
 
     size_t *idx = malloc(I->np * sizeof *idx), ni = 0;
-    if (!idx)
-        exit(2);
+    if (!idx) exit(2);
     if (I->ns->act == MLP_ACT_TANH) {
-        for (size_t i = 0; i < I->np; i++)
-            idx[ni++] = i;
+        for (size_t i = 0; i < I->np; i++) idx[ni++] = i;
     } else {
         size_t off = 0;
         for (size_t l = 0; l + 1 < I->ns->nwidths; l++) {
@@ -393,8 +367,7 @@ static void check_grad_components(inst *I, rng_t *r) {
     }
     double *fd = dalloc(ni), *ex = dalloc(ni);
     double gmax = 0.0;
-    for (size_t i = 0; i < I->np; i++)
-        gmax = fmax(gmax, fabs(g[i]));
+    for (size_t i = 0; i < I->np; i++) gmax = fmax(gmax, fabs(g[i]));
     size_t shrunk = 0, skipped = 0, bad = 0, nk = 0;
     double worst = 0.0;
     for (size_t j = 0; j < ni; j++) {
@@ -457,13 +430,11 @@ static void check_grad_directions(inst *I, rng_t *r) {
     const char *fam[3] = {"full", "lam", "w"};
     size_t lo[3] = {0, 0, I->nl}, hi[3] = {I->np, I->nl, I->np};
     for (int fi = 0; fi < 3; fi++) {
-        if (lo[fi] == hi[fi])
-            continue; /* no lam when k = 0 */
+        if (lo[fi] == hi[fi]) continue; /* no lam when k = 0 */
         double fd[ND], ex[ND];
         int redraws = 0;
         for (int j = 0; j < ND; j++) {
-            do
-                rand_dir(r, I->np, lo[fi], hi[fi], d);
+            do rand_dir(r, I->np, lo[fi], hi[fi], d);
             while (flips(I, d, 0, FD_H) && ++redraws < MAX_REDRAW);
             shift(I, FD_H, d);
             double lp = loss_at(I, I->pp);
@@ -493,10 +464,8 @@ static double hvp_case(inst *I, const double *c_lam, const double *c_w, int with
     grad_at(I, I->pp, gp);
     shift(I, -FD_H, d);
     grad_at(I, I->pp, gm);
-    for (size_t i = 0; i < I->np; i++)
-        fd[i] = (gp[i] - gm[i]) / (2.0 * FD_H);
-    if (with_hlam)
-        return rel_err(I->np, fd, h);
+    for (size_t i = 0; i < I->np; i++) fd[i] = (gp[i] - gm[i]) / (2.0 * FD_H);
+    if (with_hlam) return rel_err(I->np, fd, h);
     return rel_err(I->nw, fd + I->nl, h + I->nl);
 }
 
@@ -511,11 +480,9 @@ static void check_hvp(inst *I, rng_t *r) {
     double worst = 0.0;
     int redraws = 0;
     for (int fi = 0; fi < 3; fi++) {
-        if (lo[fi] == hi[fi])
-            continue; /* k = 0: no lam direction */
+        if (lo[fi] == hi[fi]) continue; /* k = 0: no lam direction */
         for (int j = 0; j < NDIR; j++) {
-            do
-                rand_dir(r, np, lo[fi], hi[fi], d);
+            do rand_dir(r, np, lo[fi], hi[fi], d);
             while (flips(I, d, 0, FD_H) && ++redraws < MAX_REDRAW);
             const double *c_lam = fi == 1 ? NULL : d;
             const double *c_w = fi == 2 ? zero : d + nl;
@@ -524,8 +491,7 @@ static void check_hvp(inst *I, rng_t *r) {
                 worst = fmax(worst, re);
                 CHECK_MSG(re <= REL_TOL, "%s k=%zu: HVP (%s, h_lam %s, dir %d) FD rel err %g",
                           I->ns->name, I->k, fam[fi], wl ? "on" : "NULL", j, re);
-                if (wl)
-                    memcpy(h2, h, np * sizeof *h);
+                if (wl) memcpy(h2, h, np * sizeof *h);
             }
             /* h_w with h_lam NULL is the same as with h_lam (h holds the
              * h_lam == NULL result now). */
@@ -542,8 +508,7 @@ static void check_hvp(inst *I, rng_t *r) {
     }
     CHECK_MSG(redraws < MAX_REDRAW, "%s k=%zu: too many ReLU kinks", I->ns->name, I->k);
     /* Zero direction (c_lam NULL, c_w = 0) gives exactly zero. */
-    for (size_t i = 0; i < np; i++)
-        h[i] = 1.0;
+    for (size_t i = 0; i < np; i++) h[i] = 1.0;
     mlp_hvp_x(I->m, I->p, I->p + nl, I->x, I->y, I->n, NULL, zero, h, h + nl);
     CHECK_MSG(vec_nrm2(np, h) == 0.0, "%s k=%zu: HVP of the zero direction has norm %g",
               I->ns->name, I->k, vec_nrm2(np, h));
@@ -592,8 +557,7 @@ static void check_symmetry(inst *I, rng_t *r) {
     double *u = dalloc(np), *v = dalloc(np), *hu = dalloc(np), *hv = dalloc(np);
     /* pairs: full/full, w-only/lam-only (the off-diagonal blocks) */
     for (int pair = 0; pair < 3; pair++) {
-        if (pair > 0 && nl == 0)
-            break;
+        if (pair > 0 && nl == 0) break;
         if (pair == 0) {
             rand_dir(r, np, 0, np, u);
             rand_dir(r, np, 0, np, v);
@@ -718,8 +682,7 @@ static void check_split_passes(inst *I, rng_t *r) {
         goto out;
     }
     mlp_feat_compute(I->m, f, lam, I->x, n);
-    for (size_t i = 0; i < nw; i++)
-        cw[i] = rng_normal(r);
+    for (size_t i = 0; i < nw; i++) cw[i] = rng_normal(r);
     double lref = mlp_grad_f(I->m, f, lam, w, I->y, gref, gref + nl);
     mlp_hvp_f(I->m, f, lam, w, I->y, NULL, cw, href, href + nl, NULL);
 
@@ -732,8 +695,7 @@ static void check_split_passes(inst *I, rng_t *r) {
     CHECK_NEAR(lh, lref, 1e-13 * fabs(lref));
     CHECK_MSG(vec_max_rel_diff(nw, gw, href + nl) <= 1e-13, "%s k=%zu: upper_hvp h_w %g",
               I->ns->name, I->k, vec_max_rel_diff(nw, gw, href + nl));
-    if (nl == 0)
-        goto out;
+    if (nl == 0) goto out;
 
     /* g_lam = lower_backward(dtop), H_lw c_w = lower_backward(Rdtop) */
     mlp_upper_grad(I->m, f, 0, n, lam, w, I->y, gw, dtop);
@@ -756,11 +718,9 @@ static void check_split_passes(inst *I, rng_t *r) {
     }
     mlp_lower_backward(I->m, f, 0, n, lam, dtop, gl);
     mlp_lower_backward(I->m, f, 0, n, lam, d2, gl2);
-    for (size_t i = 0; i < n * wk; i++)
-        d2[i] += dtop[i];
+    for (size_t i = 0; i < n * wk; i++) d2[i] += dtop[i];
     mlp_lower_backward(I->m, f, 0, n, lam, d2, gl3);
-    for (size_t i = 0; i < nl; i++)
-        gl[i] += gl2[i];
+    for (size_t i = 0; i < nl; i++) gl[i] += gl2[i];
     CHECK_MSG(vec_max_rel_diff(nl, gl, gl3) <= 1e-12, "%s k=%zu: lower_backward not linear %g",
               I->ns->name, I->k, vec_max_rel_diff(nl, gl, gl3));
 
@@ -857,8 +817,7 @@ static void check_new_and_accessors(void) {
     hd_err err;
     hd_err_clear(&err);
     CHECK(mlp_new(5, w5, MLP_ACT_RELU, MLP_LOSS_MSE, 3, 10, &m, &err) == HD_OK);
-    if (!m)
-        return;
+    if (!m) return;
     CHECK_EQ_INT(mlp_n_layers(m), 4);
     CHECK_EQ_INT(mlp_hyper_layers(m), 3);
     CHECK_EQ_INT(mlp_n_lam(m), 200 + 10100 + 10100);
@@ -866,8 +825,7 @@ static void check_new_and_accessors(void) {
     CHECK_EQ_INT(mlp_in_dim(m), 1);
     CHECK_EQ_INT(mlp_out_dim(m), 1);
     CHECK_EQ_INT(mlp_max_batch(m), 10);
-    for (size_t i = 0; i < 5; i++)
-        CHECK_EQ_INT(mlp_width(m, i), w5[i]);
+    for (size_t i = 0; i < 5; i++) CHECK_EQ_INT(mlp_width(m, i), w5[i]);
     CHECK(mlp_activation(m) == MLP_ACT_RELU);
     CHECK(mlp_loss_kind(m) == MLP_LOSS_MSE);
     /* Multiply-adds of the weight products, possibly counting the bias adds. */
@@ -892,8 +850,7 @@ static void check_new_and_accessors(void) {
     /* Invalid arguments: HD_EINVAL, *out untouched, err filled. */
     const size_t w0[3] = {4, 0, 2};
     size_t wbig[MLP_MAX_LAYERS + 2];
-    for (size_t i = 0; i < MLP_MAX_LAYERS + 2; i++)
-        wbig[i] = 3;
+    for (size_t i = 0; i < MLP_MAX_LAYERS + 2; i++) wbig[i] = 3;
     struct {
         size_t nw;
         const size_t *w;
@@ -946,8 +903,7 @@ static void check_init(void) {
             mlp_init_params(m, 8, nl ? c : NULL, c + nl);
             CHECK_MSG(same_bits(np, a, b), "%s k=%zu: init not deterministic", ns->name, k);
             size_t differ = 0;
-            for (size_t i = 0; i < np; i++)
-                differ += (a[i] != c[i]);
+            for (size_t i = 0; i < np; i++) differ += (a[i] != c[i]);
             CHECK_MSG(differ * 100 >= np * 99, "%s k=%zu: seeds 7 and 8 share %zu of %zu values",
                       ns->name, k, np - differ, np);
             /* Per layer and per block (W, b): within +-1/sqrt(fan_in), and

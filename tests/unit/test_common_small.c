@@ -238,9 +238,15 @@ static void test_method_schedule(void) {
             int want;
             switch (c.kind) {
             case METHOD_DRMAD:
-            case METHOD_RMD: want = t == T; break;
-            case METHOD_NEUMANN: want = t >= 8; break; /* the last K = 3 steps */
-            default: want = 1; break;
+            case METHOD_RMD:
+                want = t == T;
+                break;
+            case METHOD_NEUMANN:
+                want = t >= 8;
+                break; /* the last K = 3 steps */
+            default:
+                want = 1;
+                break;
             }
             CHECK_MSG(p == want, "%s t=%d: posts_at %d, want %d", method_name(c.kind), t, p, want);
             n += p;

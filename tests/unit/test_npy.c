@@ -195,14 +195,14 @@ static void test_f32_rounding(void) {
     const double in[] = {0.1,
                          1.0 / 3.0,
                          -2.5e-3,
-                         1e-40,              /* float subnormal */
-                         1e-50,              /* underflows to 0 */
-                         16777217.0,         /* 2^24 + 1: tie, rounds to even 2^24 */
-                         (double)FLT_MAX,    /* exact */
-                         0x1.fffffefp127,    /* above FLT_MAX, below the midpoint */
-                         0x1.ffffffp127,     /* the midpoint: rounds to inf */
-                         1e39,               /* overflow */
-                         -1e39,              /* negative overflow */
+                         1e-40,           /* float subnormal */
+                         1e-50,           /* underflows to 0 */
+                         16777217.0,      /* 2^24 + 1: tie, rounds to even 2^24 */
+                         (double)FLT_MAX, /* exact */
+                         0x1.fffffefp127, /* above FLT_MAX, below the midpoint */
+                         0x1.ffffffp127,  /* the midpoint: rounds to inf */
+                         1e39,            /* overflow */
+                         -1e39,           /* negative overflow */
                          -0.0,
                          (double)NAN};
     const size_t n = sizeof in / sizeof in[0];
@@ -241,8 +241,16 @@ static void test_f32_rounding(void) {
 
 /* ---- malformed images --------------------------------------------------- */
 
-enum { MUT_NONE, MUT_MAGIC, MUT_VERSION, MUT_HLEN_BIG, MUT_NO_NEWLINE, MUT_NOT_ASCII,
-       MUT_SHORT, MUT_EMPTY };
+enum {
+    MUT_NONE,
+    MUT_MAGIC,
+    MUT_VERSION,
+    MUT_HLEN_BIG,
+    MUT_NO_NEWLINE,
+    MUT_NOT_ASCII,
+    MUT_SHORT,
+    MUT_EMPTY
+};
 
 typedef struct {
     const char *name;     /* what is wrong */
@@ -260,32 +268,31 @@ typedef struct {
 static const bad_case bad_cases[] = {
     {"bad magic", GOOD, MUT_MAGIC, 48, 100, 1, HD_EFORMAT, "bad magic"},
     {"bad version", GOOD, MUT_VERSION, 48, 100, 1, HD_EFORMAT, "unsupported format version 4.0"},
-    {"header length beyond buffer", GOOD, MUT_HLEN_BIG, 0, 100, 0, HD_EFORMAT,
-     "beyond buffer"},
-    {"missing key", "{'descr': '<f8', 'fortran_order': False, }", MUT_NONE, 8, 100, 0,
-     HD_EFORMAT, "missing key 'shape'"},
+    {"header length beyond buffer", GOOD, MUT_HLEN_BIG, 0, 100, 0, HD_EFORMAT, "beyond buffer"},
+    {"missing key", "{'descr': '<f8', 'fortran_order': False, }", MUT_NONE, 8, 100, 0, HD_EFORMAT,
+     "missing key 'shape'"},
     {"duplicate key", "{'descr': '<f8', 'fortran_order': False, 'descr': '<f8', 'shape': (2, 3), }",
      MUT_NONE, 48, 100, 1, HD_EFORMAT, "duplicate key 'descr'"},
     {"unknown key", "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), 'extra': 1, }",
      MUT_NONE, 48, 100, 1, HD_EFORMAT, "unknown key 'extra'"},
     {"fortran_order True", "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", MUT_NONE,
      48, 100, 1, HD_EFORMAT, "fortran_order True not supported"},
-    {"fortran_order not bool", "{'descr': '<f8', 'fortran_order': 0, 'shape': (2, 3), }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "must be True or False"},
-    {"dtype <i4", "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 24,
-     100, 1, HD_EFORMAT, "unsupported dtype '<i4'"},
-    {"dtype >f8", "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48,
-     100, 1, HD_EFORMAT, "unsupported dtype '>f8'"},
-    {"dtype |f8", "{'descr': '|f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48,
-     100, 1, HD_EFORMAT, "unsupported dtype '|f8'"},
+    {"fortran_order not bool", "{'descr': '<f8', 'fortran_order': 0, 'shape': (2, 3), }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "must be True or False"},
+    {"dtype <i4", "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 24, 100,
+     1, HD_EFORMAT, "unsupported dtype '<i4'"},
+    {"dtype >f8", "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48, 100,
+     1, HD_EFORMAT, "unsupported dtype '>f8'"},
+    {"dtype |f8", "{'descr': '|f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48, 100,
+     1, HD_EFORMAT, "unsupported dtype '|f8'"},
     {"structured dtype", "{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (2, 3), }",
      MUT_NONE, 48, 100, 1, HD_EFORMAT, "not a string"},
-    {"negative dimension", "{'descr': '<f8', 'fortran_order': False, 'shape': (-2, 3), }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "negative dimension -2"},
+    {"negative dimension", "{'descr': '<f8', 'fortran_order': False, 'shape': (-2, 3), }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "negative dimension -2"},
     {"non-numeric dimension", "{'descr': '<f8', 'fortran_order': False, 'shape': (two, 3), }",
      MUT_NONE, 48, 100, 1, HD_EFORMAT, "bad dimension 'two'"},
-    {"float dimension", "{'descr': '<f8', 'fortran_order': False, 'shape': (2.0, 3), }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "bad dimension '2.0'"},
+    {"float dimension", "{'descr': '<f8', 'fortran_order': False, 'shape': (2.0, 3), }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "bad dimension '2.0'"},
     {"shape overflow",
      "{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }",
      MUT_NONE, 48, 100, 1, HD_ETOOBIG, "overflows size_t"},
@@ -294,11 +301,11 @@ static const bad_case bad_cases[] = {
      MUT_NONE, 48, 100, 1, HD_ETOOBIG, "does not fit size_t"},
     {"1-D shape without comma", "{'descr': '<f8', 'fortran_order': False, 'shape': (6), }",
      MUT_NONE, 48, 100, 1, HD_EFORMAT, "not a tuple"},
-    {"shape not a tuple", "{'descr': '<f8', 'fortran_order': False, 'shape': [2, 3], }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "not a tuple"},
+    {"shape not a tuple", "{'descr': '<f8', 'fortran_order': False, 'shape': [2, 3], }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "not a tuple"},
     {"too many dimensions",
-     "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 1, 1, 1, 1, 1, 1, 6), }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "more than 8 dimensions"},
+     "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 1, 1, 1, 1, 1, 1, 6), }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "more than 8 dimensions"},
     {"truncated data", GOOD, MUT_NONE, 40, 100, 0, HD_EFORMAT,
      "truncated data: need 176 bytes, have 168"},
     {"trailing bytes with exact", GOOD, MUT_NONE, 56, 100, 1, HD_EFORMAT, "8 trailing bytes"},
@@ -311,10 +318,10 @@ static const bad_case bad_cases[] = {
     {"garbage after dict", GOOD " x", MUT_NONE, 48, 100, 1, HD_EFORMAT, "unexpected 'x'"},
     {"missing colon", "{'descr' '<f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48,
      100, 1, HD_EFORMAT, "expected ':'"},
-    {"unterminated string", "{'descr': '<f8', 'fortran_order': False, 'shape: (2, 3), }",
-     MUT_NONE, 48, 100, 1, HD_EFORMAT, "unterminated string"},
-    {"escape in key", "{'de\\scr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE,
-     48, 100, 1, HD_EFORMAT, "escape"},
+    {"unterminated string", "{'descr': '<f8', 'fortran_order': False, 'shape: (2, 3), }", MUT_NONE,
+     48, 100, 1, HD_EFORMAT, "unterminated string"},
+    {"escape in key", "{'de\\scr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", MUT_NONE, 48,
+     100, 1, HD_EFORMAT, "escape"},
     {"not a dict", "['descr', '<f8']", MUT_NONE, 48, 100, 1, HD_EFORMAT, "expected '{'"},
     {"non-ASCII header byte", GOOD, MUT_NOT_ASCII, 48, 100, 1, HD_EFORMAT, "not ASCII"},
     {"short preamble", GOOD, MUT_SHORT, 48, 100, 1, HD_EFORMAT, "truncated preamble"},
@@ -330,17 +337,30 @@ static void test_malformed(void) {
         size_t len = make_image(buf, 1, bc->dict, 64, bc->data_bytes);
         size_t hend = 10 + (size_t)(buf[8] | buf[9] << 8); /* data offset */
         switch (bc->mut) {
-        case MUT_MAGIC: buf[1] = 'X'; break;
-        case MUT_VERSION: buf[6] = 4; break;
+        case MUT_MAGIC:
+            buf[1] = 'X';
+            break;
+        case MUT_VERSION:
+            buf[6] = 4;
+            break;
         case MUT_HLEN_BIG:
             buf[8] = 0xf0;
             buf[9] = 0x7f;
             break;
-        case MUT_NO_NEWLINE: buf[hend - 1] = ' '; break;
-        case MUT_NOT_ASCII: buf[hend - 3] = 0xe9; break;
-        case MUT_SHORT: len = 9; break;
-        case MUT_EMPTY: len = 0; break;
-        default: break;
+        case MUT_NO_NEWLINE:
+            buf[hend - 1] = ' ';
+            break;
+        case MUT_NOT_ASCII:
+            buf[hend - 3] = 0xe9;
+            break;
+        case MUT_SHORT:
+            len = 9;
+            break;
+        case MUT_EMPTY:
+            len = 0;
+            break;
+        default:
+            break;
         }
         hd_err err;
         hd_err_clear(&err);
@@ -494,7 +514,8 @@ static void test_decode_into(void) {
 }
 
 static void test_encode_errors(void) {
-    static const size_t big[] = {(size_t)1 << 40, (size_t)1 << 40}, s9[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    static const size_t big[] = {(size_t)1 << 40, (size_t)1 << 40},
+                        s9[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     uint8_t sentinel = 0, *img = &sentinel;
     size_t len = 77;
     double one = 1.0;

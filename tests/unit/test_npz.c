@@ -284,7 +284,7 @@ static void expect_fail(const char *path, const uint8_t *buf, size_t len, size_t
     if (rc == HD_OK && z != sentinel) npz_free(z);
 }
 
-#define EXPECT_FAIL(path, buf, len, code, w1, w2) \
+#define EXPECT_FAIL(path, buf, len, code, w1, w2)                                                  \
     expect_fail(path, buf, len, 1000, code, w1, w2, __LINE__)
 
 /* ---- round trips ---------------------------------------------------------- */
@@ -744,10 +744,9 @@ static void test_mutations(const char *dir) {
         }
         CHECK_MSG(bad == 0, "zip64=%d: %zu bit flips handled badly", zip64, bad);
         CHECK(refused > accepted);
-        printf(
-            "zip64=%d: %zu bytes, %zu truncations refused; bit flips: %zu refused, %zu "
-            "accepted\n",
-            zip64, len, len, refused, accepted);
+        printf("zip64=%d: %zu bytes, %zu truncations refused; bit flips: %zu refused, %zu "
+               "accepted\n",
+               zip64, len, len, refused, accepted);
     }
     CHECK_EQ_INT(unlink(p), 0);
     free(buf);
@@ -864,11 +863,10 @@ static void test_numpy_interop(const char *dir) {
     FILE *f = fopen(p, "w");
     CHECK(f != NULL);
     if (!f) return;
-    fputs(
-        "import sys, zipfile\n"
-        "import numpy as np\n"
-        "d = sys.argv[1]\n",
-        f);
+    fputs("import sys, zipfile\n"
+          "import numpy as np\n"
+          "d = sys.argv[1]\n",
+          f);
     fputs("xs = np.array(", f);
     fprint_list(f, 10, xs);
     fputs(").reshape(10, 1)\nys = np.array(", f);
@@ -876,32 +874,31 @@ static void test_numpy_interop(const char *dir) {
     fputs(")\nxq = np.array(", f);
     fprint_list(f, 21, xq);
     fprintf(f, ").reshape(7, 3)\nyq = np.float64(%.17g)\n", yq);
-    fputs(
-        "with zipfile.ZipFile(d + '/c.npz') as zf:\n"
-        "    assert zf.testzip() is None, 'CRC'\n"
-        "    assert zf.namelist() == ['xs.npy', 'ys.npy', 'xq.npy', 'yq.npy'], zf.namelist()\n"
-        "    assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())\n"
-        "z = np.load(d + '/c.npz')\n"
-        "want = {'xs': xs, 'ys': ys.astype('<f4'), 'xq': xq.astype('<f4'), 'yq': yq}\n"
-        "for k, w in want.items():\n"
-        "    a = z[k]\n"
-        "    assert a.dtype == np.asarray(w).dtype, (k, a.dtype)\n"
-        "    assert a.shape == np.shape(w), (k, a.shape)\n"
-        "    assert np.array_equal(a, w), (k, a, w)\n"
-        "z.close()\n"
-        "np.savez(d + '/py.npz', xs=xs, ys=ys.astype(np.float32), xq=xq, yq=yq)\n"
-        "np.savez_compressed(d + '/pyc.npz', xs=xs, ys=ys)\n"
-        "np.savez(d + '/pyint.npz', xs=xs, n=np.arange(3))\n"
-        "np.savez(d + '/pyempty.npz')\n"
-        "class Stream:\n"
-        "    def __init__(self, f): self.f = f\n"
-        "    def write(self, b): return self.f.write(b)\n"
-        "    def read(self, n=-1): raise OSError('write only')\n"
-        "    def flush(self): self.f.flush()\n"
-        "with open(d + '/pystream.npz', 'wb') as fh:\n"
-        "    np.savez(Stream(fh), xs=xs, yq=yq)\n"
-        "print('numpy side ok')\n",
-        f);
+    fputs("with zipfile.ZipFile(d + '/c.npz') as zf:\n"
+          "    assert zf.testzip() is None, 'CRC'\n"
+          "    assert zf.namelist() == ['xs.npy', 'ys.npy', 'xq.npy', 'yq.npy'], zf.namelist()\n"
+          "    assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())\n"
+          "z = np.load(d + '/c.npz')\n"
+          "want = {'xs': xs, 'ys': ys.astype('<f4'), 'xq': xq.astype('<f4'), 'yq': yq}\n"
+          "for k, w in want.items():\n"
+          "    a = z[k]\n"
+          "    assert a.dtype == np.asarray(w).dtype, (k, a.dtype)\n"
+          "    assert a.shape == np.shape(w), (k, a.shape)\n"
+          "    assert np.array_equal(a, w), (k, a, w)\n"
+          "z.close()\n"
+          "np.savez(d + '/py.npz', xs=xs, ys=ys.astype(np.float32), xq=xq, yq=yq)\n"
+          "np.savez_compressed(d + '/pyc.npz', xs=xs, ys=ys)\n"
+          "np.savez(d + '/pyint.npz', xs=xs, n=np.arange(3))\n"
+          "np.savez(d + '/pyempty.npz')\n"
+          "class Stream:\n"
+          "    def __init__(self, f): self.f = f\n"
+          "    def write(self, b): return self.f.write(b)\n"
+          "    def read(self, n=-1): raise OSError('write only')\n"
+          "    def flush(self): self.f.flush()\n"
+          "with open(d + '/pystream.npz', 'wb') as fh:\n"
+          "    np.savez(Stream(fh), xs=xs, yq=yq)\n"
+          "print('numpy side ok')\n",
+          f);
     fclose(f);
     char cmd[1200];
     fflush(stdout);

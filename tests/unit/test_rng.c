@@ -19,8 +19,7 @@ static void test_determinism(void) {
     rng_seed(&a, 1, 2, 3, 4);
     rng_seed(&b, 1, 2, 3, 4);
     int same = 1;
-    for (int i = 0; i < 1000; i++)
-        same &= (rng_next(&a) == rng_next(&b));
+    for (int i = 0; i < 1000; i++) same &= (rng_next(&a) == rng_next(&b));
     CHECK_MSG(same, "same seed gave different 64-bit streams");
 
     /* Every mixed draw type too (a stream is a function of the number of calls). */
@@ -39,15 +38,13 @@ static void test_determinism(void) {
     const uint64_t base[4] = {11, 22, 33, 44};
     rng_seed(&a, base[0], base[1], base[2], base[3]);
     uint64_t first[8];
-    for (int i = 0; i < 8; i++)
-        first[i] = rng_next(&a);
+    for (int i = 0; i < 8; i++) first[i] = rng_next(&a);
     for (int w = 0; w < 4; w++) {
         uint64_t s[4] = {base[0], base[1], base[2], base[3]};
         s[w] += 1;
         rng_seed(&b, s[0], s[1], s[2], s[3]);
         int differ = 0;
-        for (int i = 0; i < 8; i++)
-            differ += (rng_next(&b) != first[i]);
+        for (int i = 0; i < 8; i++) differ += (rng_next(&b) != first[i]);
         CHECK_MSG(differ >= 7, "seed word %d: only %d of 8 draws differ", w, differ);
     }
     /* Word order matters: (a, b) and (b, a) are different streams. */
@@ -76,8 +73,7 @@ static void test_uniform(void) {
     int in_range = 1, granular = 1;
     double sum = 0.0, mn = 1.0, mx = 0.0;
     double *u = malloc(NS * sizeof *u);
-    if (!u)
-        exit(2);
+    if (!u) exit(2);
     for (int i = 0; i < NS; i++) {
         u[i] = rng_uniform(&r);
         in_range &= (u[i] >= 0.0 && u[i] < 1.0);
@@ -85,17 +81,14 @@ static void test_uniform(void) {
         double t = u[i] * 0x1.0p53;
         granular &= (t == floor(t));
         sum += u[i];
-        if (u[i] < mn)
-            mn = u[i];
-        if (u[i] > mx)
-            mx = u[i];
+        if (u[i] < mn) mn = u[i];
+        if (u[i] > mx) mx = u[i];
     }
     CHECK(in_range);
     CHECK(granular);
     double mean = sum / NS;
     double var = 0.0;
-    for (int i = 0; i < NS; i++)
-        var += (u[i] - mean) * (u[i] - mean);
+    for (int i = 0; i < NS; i++) var += (u[i] - mean) * (u[i] - mean);
     var /= (NS - 1);
     /* mean: sd = sqrt(1/12 / n) = 9.1e-4; variance: sd of the sample variance
      * = sqrt((1/80 - 1/144) / n) = 2.4e-4. */
@@ -110,8 +103,7 @@ static void test_uniform(void) {
         int b = (int)(u[i] * 10.0);
         bins[b > 9 ? 9 : b]++;
     }
-    for (int b = 0; b < 10; b++)
-        CHECK_NEAR(bins[b], NS / 10, 6.0 * sqrt(NS * 0.1 * 0.9));
+    for (int b = 0; b < 10; b++) CHECK_NEAR(bins[b], NS / 10, 6.0 * sqrt(NS * 0.1 * 0.9));
     free(u);
 
     /* rng_range */
@@ -163,8 +155,7 @@ static void test_below(void) {
     rng_t r;
     rng_seed(&r, 44, 2, 0, 0);
     int ok = 1;
-    for (int i = 0; i < 1000; i++)
-        ok &= (rng_below(&r, 1) == 0);
+    for (int i = 0; i < 1000; i++) ok &= (rng_below(&r, 1) == 0);
     CHECK_MSG(ok, "rng_below(1) != 0");
 
     /* n = 7: every value in range and each about NS/7 often. */

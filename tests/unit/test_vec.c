@@ -33,8 +33,7 @@ static double *alloc(size_t n) {
 }
 
 static void fill(rng_t *r, size_t n, double *x) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = rng_range(r, -2.0, 2.0);
+    for (size_t i = 0; i < n; i++) x[i] = rng_range(r, -2.0, 2.0);
 }
 
 static void test_zero_copy(rng_t *r) {
@@ -48,8 +47,7 @@ static void test_zero_copy(rng_t *r) {
         CHECK(n == 0 || memcmp(x, y, n * sizeof *x) == 0);
         vec_zero(n, y);
         int allzero = 1;
-        for (size_t i = 0; i < n; i++)
-            allzero &= (y[i] == 0.0);
+        for (size_t i = 0; i < n; i++) allzero &= (y[i] == 0.0);
         CHECK_MSG(allzero, "vec_zero n=%zu", n);
         free(x);
         free(y);
@@ -66,14 +64,12 @@ static void test_axpy_scale_lincomb(rng_t *r) {
 
         /* axpy: one multiply and one add per element; a fused multiply-add in
          * BLAS may round once instead of twice, so allow 2 ulps of the terms. */
-        for (size_t i = 0; i < n; i++)
-            ref[i] = y[i] + a * x[i];
+        for (size_t i = 0; i < n; i++) ref[i] = y[i] + a * x[i];
         vec_copy(n, out, y);
         vec_axpy(n, out, a, x);
         int bad = 0;
         for (size_t i = 0; i < n; i++)
-            if (fabs(out[i] - ref[i]) > 2.0 * EPS * (fabs(y[i]) + fabs(a * x[i])))
-                bad++;
+            if (fabs(out[i] - ref[i]) > 2.0 * EPS * (fabs(y[i]) + fabs(a * x[i]))) bad++;
         CHECK_MSG(bad == 0, "vec_axpy n=%zu: %d elements off", n, bad);
 
         /* scale: a single rounded multiply per element. */
@@ -81,18 +77,15 @@ static void test_axpy_scale_lincomb(rng_t *r) {
         vec_scale(n, out, a);
         bad = 0;
         for (size_t i = 0; i < n; i++)
-            if (fabs(out[i] - a * x[i]) > EPS * fabs(a * x[i]))
-                bad++;
+            if (fabs(out[i] - a * x[i]) > EPS * fabs(a * x[i])) bad++;
         CHECK_MSG(bad == 0, "vec_scale n=%zu: %d elements off", n, bad);
 
         /* lincomb: the naive loop written the same way; allow 2 ulps for FMA. */
-        for (size_t i = 0; i < n; i++)
-            ref[i] = a * x[i] + b * y[i];
+        for (size_t i = 0; i < n; i++) ref[i] = a * x[i] + b * y[i];
         vec_lincomb(n, out, a, x, b, y);
         bad = 0;
         for (size_t i = 0; i < n; i++)
-            if (fabs(out[i] - ref[i]) > 2.0 * EPS * (fabs(a * x[i]) + fabs(b * y[i])))
-                bad++;
+            if (fabs(out[i] - ref[i]) > 2.0 * EPS * (fabs(a * x[i]) + fabs(b * y[i]))) bad++;
         CHECK_MSG(bad == 0, "vec_lincomb n=%zu: %d elements off", n, bad);
 
         /* lincomb with out aliasing x, then out aliasing y. */
@@ -104,8 +97,7 @@ static void test_axpy_scale_lincomb(rng_t *r) {
         bad = 0;
         for (size_t i = 0; i < n; i++) {
             double tol = 2.0 * EPS * (fabs(a * x[i]) + fabs(b * y[i]));
-            if (fabs(xa[i] - ref[i]) > tol || fabs(ya[i] - ref[i]) > tol)
-                bad++;
+            if (fabs(xa[i] - ref[i]) > tol || fabs(ya[i] - ref[i]) > tol) bad++;
         }
         CHECK_MSG(bad == 0, "vec_lincomb aliased n=%zu: %d elements off", n, bad);
         free(xa);
@@ -155,14 +147,12 @@ static void test_nrm2_extremes(void) {
     for (size_t k = 0; k < 2; k++) {
         size_t n = ns[k];
         double *x = alloc(n);
-        for (size_t i = 0; i < n; i++)
-            x[i] = 1e200;
+        for (size_t i = 0; i < n; i++) x[i] = 1e200;
         double want = 1e200 * sqrt((double)n);
         double got = vec_nrm2(n, x);
         CHECK_MSG(isfinite(got), "nrm2 overflow n=%zu got %g", n, got);
         CHECK_NEAR(got, want, 1e-14 * want);
-        for (size_t i = 0; i < n; i++)
-            x[i] = -1e-200;
+        for (size_t i = 0; i < n; i++) x[i] = -1e-200;
         want = 1e-200 * sqrt((double)n);
         got = vec_nrm2(n, x);
         CHECK_NEAR(got, want, 1e-14 * want);
@@ -175,8 +165,7 @@ static void test_nrm2_extremes(void) {
 static void test_all_finite(void) {
     const size_t n = 50;
     double *x = alloc(n);
-    for (size_t i = 0; i < n; i++)
-        x[i] = (double)i - 25.0;
+    for (size_t i = 0; i < n; i++) x[i] = (double)i - 25.0;
     CHECK(vec_all_finite(n, x) == 1);
     CHECK(vec_all_finite(0, x) == 1);
     const size_t pos[] = {0, 17, n - 1};
@@ -198,8 +187,7 @@ static void test_all_finite(void) {
 static void test_cosine(rng_t *r) {
     for (size_t s = 0; s < NSIZES; s++) {
         size_t n = sizes[s];
-        if (n == 0)
-            continue;
+        if (n == 0) continue;
         double *x = alloc(n), *y = alloc(n), *z = alloc(n);
         fill(r, n, x);
         fill(r, n, y);
@@ -244,10 +232,8 @@ static void test_max_rel_diff(rng_t *r) {
         fill(r, n, y);
         double d = 0.0, m = 0.0;
         for (size_t i = 0; i < n; i++) {
-            if (fabs(x[i] - y[i]) > d)
-                d = fabs(x[i] - y[i]);
-            if (fabs(y[i]) > m)
-                m = fabs(y[i]);
+            if (fabs(x[i] - y[i]) > d) d = fabs(x[i] - y[i]);
+            if (fabs(y[i]) > m) m = fabs(y[i]);
         }
         double want = n ? d / m : 0.0;
         CHECK_NEAR(vec_max_rel_diff(n, x, y), want, 4.0 * EPS * want);
