@@ -241,13 +241,14 @@ static void print_row(const row_t *r, int seeds) {
     for (int i = 0; i < seeds; i++) blow += r->blow[i];
     char cos[16] = "-";
     if (r->cos_n) snprintf(cos, sizeof cos, "%.3f", r->cos_sum / r->cos_n);
-    printf("| %-30s | %7.4f +- %6.4f | %7.4f | %2d/%d | %6.1f | %8.4f | %8.1f | %6s | %-6g |\n",
-           r->label, mean, ci, median(r->test, seeds), blow, seeds, r->vjps, r->secs,
-           r->flops / 1e6, cos, r->gamma);
+    printf(
+        "| %-32s | %7.4f +- %6.4f      | %7.4f | %2d/%d | %6.1f | %8.4f | %8.1f | %6s | %-6g |\n",
+        r->label, mean, ci, median(r->test, seeds), blow, seeds, r->vjps, r->secs, r->flops / 1e6,
+        cos, r->gamma);
 }
 
 static void print_detail(const row_t *r, int seeds) {
-    printf("  %-30s per-seed meta-test:", r->label);
+    printf("  %-32s per-seed meta-test:", r->label);
     for (int i = 0; i < seeds; i++) printf(" %.4f%s", r->test[i], r->blow[i] ? "*" : "");
     if (r->kind == METHOD_HYPERDISTILL) {
         printf("  | theta in use / refit at end:");
@@ -257,10 +258,10 @@ static void print_detail(const row_t *r, int seeds) {
 }
 
 static void header(void) {
-    printf("| %-30s | %-17s | %-7s | %-4s | %-6s | %-8s | %-8s | %-6s | %-6s |\n", "method",
+    printf("| %-32s | %-22s | %-7s | %-4s | %-6s | %-8s | %-8s | %-6s | %-6s |\n", "method",
            "meta-test MSE (95% CI)", "median", "blow", "VJP/ep", "s/ep", "MFLOP/ep", "cos",
            "gamma");
-    printf("|%s|\n", "--------------------------------|-------------------|---------|------|"
+    printf("|%s|\n", "----------------------------------|------------------------|---------|------|"
                      "--------|----------|----------|--------|--------");
 }
 
