@@ -342,6 +342,51 @@ static void worker_killed(hdc_conn *c, const char *spec, const result_t *ref) {
     hdc_cleanup(&s);
 }
 
+/* SIGTERM: the worker finishes its step, releases its leases and exits 0;
+ * a second worker then finishes the run. SIGINT twice exits at once. */
+static void worker_signals(hdc_conn *c, const char *spec, const result_t *ref) {
+    hdc_server s;
+    char token[128], url[160];
+    if (hdc_tmpdir(&s, "wsig") != 0 || hdc_start(&s) != 0) {
+        CHECK_MSG(0, "server start failed");
+        return;
+    }
+    long id = create_run(c, &s, spec, token, sizeof token);
+    pid_t a = start_worker(&s, token, id, "termed", s.dir, 4);
+    CHECK_MSG(wait_progress(c, &s, id, 14, 60) == 0, "worker signals: no progress");
+    double t0 = hdc_now();
+    kill(a, SIGTERM);
+    int st = wait_exit(a, 30);
+    printf("  SIGTERM: worker exit status %d after %.2f s\n", st, hdc_now() - t0);
+    CHECK_MSG(st == 0, "SIGTERM: worker exit status %d, want 0", st);
+    /* Its leases were released, not left to expire (lease_seconds is 30). */
+    snprintf(url, sizeof url, "%s/v1/runs/%ld", s.base, id);
+    hdc_resp r;
+    hdc_req(c, "GET", url, HDC_ADMIN, NULL, 0, NULL, &r);
+    const char *leases = r.body ? strstr(r.body, "\"leases\":[") : NULL;
+    CHECK_MSG(leases && strncmp(leases, "\"leases\":[]", 11) == 0,
+              "SIGTERM: leases still held after the worker exited");
+    hdc_resp_free(&r);
+    pid_t b = start_worker(&s, token, id, "finisher", s.dir, 4);
+    pid_t i2 = start_worker(&s, token, id, "interrupted", s.dir, 1);
+    hdc_sleep(0.5);
+    t0 = hdc_now();
+    kill(i2, SIGINT);
+    hdc_sleep(0.05);
+    kill(i2, SIGINT);
+    int st2 = wait_exit(i2, 10);
+    CHECK_MSG(st2 != -1 && hdc_now() - t0 < 5.0, "SIGINT twice: no prompt exit (status %d)", st2);
+    st = wait_exit(b, 180);
+    CHECK_MSG(st == 0, "worker signals: finisher exit status %d (logs in %s)", st, s.dir);
+    result_t got;
+    if (fetch_result(c, &s, id, &got) == 0)
+        compare("after SIGTERM of a worker", &got, ref);
+    else
+        CHECK_MSG(0, "worker signals: run did not complete (logs in %s)", s.dir);
+    result_clear(&got);
+    hdc_cleanup(&s);
+}
+
 static void server_killed(hdc_conn *c, const char *spec, const result_t *ref) {
     hdc_server s;
     char token[128];
@@ -488,6 +533,7 @@ int main(void) {
     char spec_fault[2048];
     snprintf(spec_fault, sizeof spec_fault, SPEC_FMT, 4, "sync", 2);
     worker_killed(&c, spec_fault, &ref);
+    worker_signals(&c, spec, &ref);
     server_killed(&c, spec_fault, &ref);
     async_run(&c, spec_async, ref.test);
     bad_settings(&c, spec);
