@@ -39,6 +39,36 @@ typedef struct {
  * outlive the episode). Returns HD_OK, HD_EINVAL or HD_ENOMEM. */
 hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, size_t n_s,
                   size_t n_q, episode_t **out, hd_err *err);
+
+/* The same for K tasks (slots) run together: their rows are stacked, so that
+ * every lower-layer product (features, the lam-layer backward) is one
+ * product over all K tasks, and a step writes the SUM of the K tasks'
+ * hypergradients. Needs K * (n_s + n_q) <= mlp_max_batch(m). episode_new is
+ * this with K = 1; the single-task functions below act on slot 0. */
+hd_rc episode_new_batch(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, size_t n_s,
+                        size_t n_q, int K, episode_t **out, hd_err *err);
+int episode_slots(const episode_t *e);
+/* Start slot k (0 <= k < K) at s_0 = (phi, 0) on its task; every slot must be
+ * begun before the first step. Borrows the arrays until the next begin. */
+void episode_begin_slot(episode_t *e, int k, const double *phi, const double *xs,
+                        const double *ys, const double *xq, const double *yq);
+/* One inner step of every slot; g (n_lam) receives the sum over the K slots
+ * when the method posts at this step. info (K entries, may be NULL) gets each
+ * slot's losses, VJPs and non-finite flag; posted and grad_norm (of the sum)
+ * are the same in every entry. Same contract as episode_step otherwise. */
+hd_rc episode_step_batch(episode_t *e, const double *lam, double theta, int replay, double *g,
+                         episode_info *info);
+const double *episode_w_slot(const episode_t *e, int k);
+/* LinearEstimation of every slot (lam fixed): x and y hold K * T samples,
+ * slot-major; sums (K entries, may be NULL) receive each slot's sums; *vjps
+ * the total. Slots whose trajectory blew up get NaN samples and no sums, and
+ * the call returns HD_ENONFINITE after finishing the other slots. */
+hd_rc episode_estimate_batch(episode_t *e, const double *lam, double gamma, double *x, double *y,
+                             linest_sums *sums, long *vjps, hd_err *err);
+/* Evaluation of n <= K tasks at once (see episode_eval): loss[i] for task i. */
+void episode_eval_batch(episode_t *e, const double *lam, const double *phi, int n,
+                        const double *const *xs, const double *const *ys,
+                        const double *const *xq, const double *const *yq, double *loss);
 void episode_free(episode_t *e);
 
 /* Guard (robust.skip_nonfinite, robust.guard_loss): when an inner step

@@ -25,12 +25,26 @@ static double now_sec(void) {
 double runner_eval(const run_spec *spec, episode_t *e, task_t *t, const double *lam,
                    const double *phi, task_stream stream, int first, int count, int *blowups,
                    double *sum) {
+    int K = episode_slots(e);
+    const double *xs[64], *ys[64], *xq[64], *yq[64];
+    double loss[64];
     double s = 0.0;
-    for (int i = first; i < first + count; i++) {
-        task_make(&spec->task, spec->seed, stream, 0, (uint64_t)i, t);
-        double l = episode_eval(e, lam, phi, t->xs, t->ys, t->xq, t->yq);
-        if (blowups && (!isfinite(l) || l > spec->blowup_loss)) (*blowups)++;
-        s += l;
+    if (K > 64) K = 64;
+    for (int i = first; i < first + count; i += K) {
+        int n = first + count - i < K ? first + count - i : K;
+        for (int j = 0; j < n; j++) {
+            task_make(&spec->task, spec->seed, stream, 0, (uint64_t)(i + j), &t[j]);
+            xs[j] = t[j].xs;
+            ys[j] = t[j].ys;
+            xq[j] = t[j].xq;
+            yq[j] = t[j].yq;
+        }
+        episode_eval_batch(e, lam, phi, n, xs, ys, xq, yq, loss);
+        /* Losses are added in task order, whatever the batch size. */
+        for (int j = 0; j < n; j++) {
+            if (blowups && (!isfinite(loss[j]) || loss[j] > spec->blowup_loss)) (*blowups)++;
+            s += loss[j];
+        }
     }
     if (sum) *sum = s;
     return count > 0 ? s / count : (double)NAN;
@@ -94,25 +108,22 @@ static void write_samples(FILE *f, int m, double theta, int B, int T, const doub
 /* LinearEstimation round over the B slots of episode m with lam fixed:
  * per-slot sums merged in slot order. Returns 0 and sets *theta when a fit
  * was possible. */
-static int estimate_round(const run_spec *sp, episode_t **eps, task_t *tasks, const double *lam,
-                          const double *phi, uint64_t m, double *x, double *y, long *vjps,
-                          double *theta) {
-    int B = sp->meta_batch, T = sp->steps;
-    linest_sums pooled;
-    linest_init(&pooled);
+static int estimate_round(const run_spec *sp, episode_t *ep, task_t *tasks, const double *lam,
+                          const double *phi, uint64_t m, double *x, double *y, linest_sums *sums,
+                          long *vjps, double *theta) {
+    int B = sp->meta_batch;
     for (int b = 0; b < B; b++) {
         task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, m, (uint64_t)b, &tasks[b]);
-        episode_begin(eps[b], phi, tasks[b].xs, tasks[b].ys, tasks[b].xq, tasks[b].yq);
-        linest_sums one;
-        linest_init(&one);
-        long v = 0;
-        if (episode_estimate(eps[b], lam, sp->method.gamma, x + (size_t)b * T, y + (size_t)b * T,
-                             &one, &v, NULL) == HD_OK)
-            linest_merge(&pooled, &one);
-        else
-            for (int s = 0; s < T; s++) x[(size_t)b * T + s] = y[(size_t)b * T + s] = (double)NAN;
-        *vjps += v;
+        episode_begin_slot(ep, b, phi, tasks[b].xs, tasks[b].ys, tasks[b].xq, tasks[b].yq);
+        linest_init(&sums[b]);
     }
+    long v = 0;
+    episode_estimate_batch(ep, lam, sp->method.gamma, x, y, sums, &v, NULL);
+    *vjps += v;
+    /* Per-slot sums pooled in slot order (a slot that blew up has none). */
+    linest_sums pooled;
+    linest_init(&pooled);
+    for (int b = 0; b < B; b++) linest_merge(&pooled, &sums[b]);
     return linest_fit(&pooled, theta);
 }
 
@@ -145,9 +156,11 @@ static hd_rc write_summary(const char *dir, const run_spec *sp, const runner_res
 hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *res, hd_err *err) {
     hd_rc rc = HD_OK;
     int B = sp->meta_batch, T = sp->steps, M = sp->episodes;
-    size_t rows = sp->task.shots + sp->task.queries; /* support and query stacked */
+    size_t rows = (size_t)B * (sp->task.shots + sp->task.queries); /* all slots stacked */
     mlp_t *m = NULL;
-    episode_t **eps = NULL;
+    episode_t *ep1 = NULL; /* all B slots in one batched episode */
+    linest_sums *sums = NULL;
+    episode_info *info = NULL;
     task_t *tasks = NULL;
     double *lam = NULL, *phi = NULL, *g = NULL, *gsum = NULL, *wsum = NULL, *sx = NULL, *sy = NULL;
     outer_state ost;
@@ -166,21 +179,21 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
     wsum = calloc(nw, sizeof *wsum);
     sx = calloc((size_t)B * T, sizeof *sx);
     sy = calloc((size_t)B * T, sizeof *sy);
-    eps = calloc((size_t)B, sizeof *eps);
+    sums = calloc((size_t)B, sizeof *sums);
+    info = calloc((size_t)B, sizeof *info);
     tasks = calloc((size_t)B, sizeof *tasks);
-    if (!lam || !phi || !g || !gsum || !wsum || !sx || !sy || !eps || !tasks) {
+    if (!lam || !phi || !g || !gsum || !wsum || !sx || !sy || !sums || !info || !tasks) {
         rc = hd_err_set(err, HD_ENOMEM, "runner: out of memory");
         goto done;
     }
-    for (int b = 0; b < B; b++) {
-        if ((rc = episode_new(m, &sp->inner, &sp->method, T, sp->task.shots, sp->task.queries,
-                              &eps[b], err)) != HD_OK)
-            goto done;
-        episode_set_guard(eps[b], sp->skip_nonfinite, sp->guard_loss);
+    if ((rc = episode_new_batch(m, &sp->inner, &sp->method, T, sp->task.shots, sp->task.queries,
+                                B, &ep1, err)) != HD_OK)
+        goto done;
+    episode_set_guard(ep1, sp->skip_nonfinite, sp->guard_loss);
+    for (int b = 0; b < B; b++)
         if ((rc = task_alloc(&tasks[b], sp->task.shots, sp->task.queries, sp->task.in_dim,
                              sp->task.out_dim, err)) != HD_OK)
             goto done;
-    }
     if ((rc = outer_state_init(&ost, &sp->outer, nl, err)) != HD_OK) goto done;
     mlp_init_params(m, sp->seed, lam, phi);
     if (opts->lam_init) vec_copy(nl, lam, opts->lam_init);
@@ -195,33 +208,27 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         long vjps0 = vjps;
         if (method_is_estimation_episode(&sp->method, ep)) {
             double th;
-            if (estimate_round(sp, eps, tasks, lam, phi, (uint64_t)ep, sx, sy, &vjps, &th) == 0)
+            if (estimate_round(sp, ep1, tasks, lam, phi, (uint64_t)ep, sx, sy, sums, &vjps, &th) ==
+                0)
                 theta = th;
             write_samples(out.samples, ep, theta, B, T, sx, sy);
         }
         for (int b = 0; b < B; b++) {
             task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)ep, (uint64_t)b, &tasks[b]);
-            episode_begin(eps[b], phi, tasks[b].xs, tasks[b].ys, tasks[b].xq, tasks[b].yq);
+            episode_begin_slot(ep1, b, phi, tasks[b].xs, tasks[b].ys, tasks[b].xq, tasks[b].yq);
         }
         double gnorm_sum = 0.0, train_loss = 0.0;
         int nposts = 0, blow = 0;
         for (int t = 1; t <= T; t++) {
-            int posted = 0;
+            /* gsum = the sum of the B slots' hypergradients, in one batched step. */
+            episode_step_batch(ep1, lam, theta, 0, gsum, info);
+            int posted = info[0].posted;
             for (int b = 0; b < B; b++) {
-                episode_info info;
-                episode_step(eps[b], lam, theta, 0, g, &info);
-                vjps += info.vjps;
-                if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0))
+                vjps += info[b].vjps;
+                if (info[b].nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0))
                     res->skipped_steps++;
-                if (info.posted) {
-                    if (b == 0)
-                        vec_copy(nl, gsum, g);
-                    else
-                        vec_axpy(nl, gsum, 1.0, g);
-                    posted = 1;
-                }
                 if (t == T) {
-                    double vl = info.val_loss;
+                    double vl = info[b].val_loss;
                     train_loss += vl;
                     if (!isfinite(vl) || vl > sp->blowup_loss) blow = 1, res->blowups++;
                 }
@@ -241,8 +248,8 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         }
         if (res->failed) break;
         /* Reptile with the mean final weights, summed in slot order. */
-        vec_copy(nw, wsum, episode_w(eps[0]));
-        for (int b = 1; b < B; b++) vec_axpy(nw, wsum, 1.0, episode_w(eps[b]));
+        vec_copy(nw, wsum, episode_w_slot(ep1, 0));
+        for (int b = 1; b < B; b++) vec_axpy(nw, wsum, 1.0, episode_w_slot(ep1, b));
         vec_scale(nw, wsum, 1.0 / B);
         if (sp->reptile_lr > 0.0) outer_reptile(nw, phi, sp->reptile_lr, wsum);
         double secs = now_sec() - t0;
@@ -254,7 +261,7 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         int last = ep == M;
         if (sp->meta_val_tasks > 0 &&
             ((sp->eval_interval > 0 && ep % sp->eval_interval == 0) || last))
-            val = runner_eval(sp, eps[0], &tasks[0], lam, phi, TASK_STREAM_VAL, 0,
+            val = runner_eval(sp, ep1, tasks, lam, phi, TASK_STREAM_VAL, 0,
                               sp->meta_val_tasks, NULL, NULL);
         if (last) res->meta_val_loss = val;
         if (out.metrics) {
@@ -291,11 +298,11 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
     if (!res->failed && opts->refit_theta && sp->method.kind == METHOD_HYPERDISTILL) {
         long v = 0;
         double th;
-        if (estimate_round(sp, eps, tasks, lam, phi, (uint64_t)M + 1, sx, sy, &v, &th) == 0)
+        if (estimate_round(sp, ep1, tasks, lam, phi, (uint64_t)M + 1, sx, sy, sums, &v, &th) == 0)
             res->theta_refit = th;
     }
     if (!res->failed && !opts->skip_test && sp->meta_test_tasks > 0)
-        res->meta_test_loss = runner_eval(sp, eps[0], &tasks[0], lam, phi, TASK_STREAM_TEST, 0,
+        res->meta_test_loss = runner_eval(sp, ep1, tasks, lam, phi, TASK_STREAM_TEST, 0,
                                           sp->meta_test_tasks, NULL, NULL);
     if (opts->out_dir) {
         char path[4096];
@@ -314,9 +321,10 @@ done:
     if (out.metrics) fclose(out.metrics);
     if (out.samples) fclose(out.samples);
     outer_state_clear(&ost);
-    for (int b = 0; eps && b < B; b++) episode_free(eps[b]);
+    episode_free(ep1);
+    free(sums);
+    free(info);
     for (int b = 0; tasks && b < B; b++) task_clear(&tasks[b]);
-    free(eps);
     free(tasks);
     free(lam);
     free(phi);
