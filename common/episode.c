@@ -21,46 +21,44 @@
 #include "vec.h"
 
 struct episode {
-    mlp_t *m;             /* borrowed network (scratch shared) */
-    const inner_cfg *ic;  /* borrowed */
-    const method_cfg *mc; /* borrowed */
-    int T;                /* steps per episode */
-    int K;                /* slots */
-    int t;                /* steps done */
-    int guard;            /* skip non-finite (or guard_loss-exceeding) steps */
-    double guard_loss;    /* > 0: also skip steps whose support loss after the step exceeds it */
-    size_t n_s, n_q;      /* support / query rows per slot */
-    size_t nw, nl;        /* sizes of w and lam */
-    size_t wk;            /* width of the top lam layer (0 if no lam layers) */
-    size_t din;           /* input width */
+    mlp_t *m;                /* borrowed network (scratch shared) */
+    const inner_cfg *ic;     /* borrowed */
+    const method_cfg *mc;    /* borrowed */
+    int T;                   /* steps per episode */
+    int K;                   /* slots */
+    int t;                   /* steps done */
+    int guard;               /* skip non-finite (or guard_loss-exceeding) steps */
+    double guard_loss;       /* > 0: also skip steps whose support loss after the step exceeds it */
+    size_t n_s, n_q;         /* support / query rows per slot */
+    size_t nw, nl;           /* sizes of w and lam */
+    size_t wk;               /* width of the top lam layer (0 if no lam layers) */
+    size_t din;              /* input width */
     const double **ys, **yq; /* per slot: borrowed targets */
     const double **phi;      /* per slot: borrowed init */
-    double *xsq;          /* stacked inputs, K (n_s + n_q) x din */
-    mlp_feat_t *f;        /* features of xsq at the current lam */
-    double *w, *v;        /* s_t per slot, K x nw */
-    double *wprev;        /* w_{t-1} per slot (onestep) */
-    double *wstar;        /* hyperdistill distilled w*_t per slot */
-    double *traj;         /* w_0 .. w_T per slot, K x (T+1) x nw (rmd, drmad, estimation) */
-    double *wsave, *vsave; /* state before a guarded step, per slot */
-    int *bad;             /* per slot: the current step was skipped by the guard */
-    double *aw, *av;      /* cotangents */
-    double *aw2, *av2;    /* next cotangents */
-    double *alpha;        /* dL_val/dw at the end point */
-    double *c;            /* the VJP direction c = a_v - eta a_w */
-    double *gw;           /* inner gradient */
-    double *gfo, *vt, *acc; /* lam-sized scratch */
-    double *term, *psum;  /* Neumann series */
-    double *hw;           /* H_ww products */
-    double *pt;           /* an interpolated point */
-    double *top;          /* cotangents on A_k of every stacked row */
-    double *top2;         /* one slot's support block of cotangents on A_k */
+    double *xsq;             /* stacked inputs, K (n_s + n_q) x din */
+    mlp_feat_t *f;           /* features of xsq at the current lam */
+    double *w, *v;           /* s_t per slot, K x nw */
+    double *wprev;           /* w_{t-1} per slot (onestep) */
+    double *wstar;           /* hyperdistill distilled w*_t per slot */
+    double *traj;            /* w_0 .. w_T per slot, K x (T+1) x nw (rmd, drmad, estimation) */
+    double *wsave, *vsave;   /* state before a guarded step, per slot */
+    int *bad;                /* per slot: the current step was skipped by the guard */
+    double *aw, *av;         /* cotangents */
+    double *aw2, *av2;       /* next cotangents */
+    double *alpha;           /* dL_val/dw at the end point */
+    double *c;               /* the VJP direction c = a_v - eta a_w */
+    double *gw;              /* inner gradient */
+    double *gfo, *vt, *acc;  /* lam-sized scratch */
+    double *term, *psum;     /* Neumann series */
+    double *hw;              /* H_ww products */
+    double *pt;              /* an interpolated point */
+    double *top;             /* cotangents on A_k of every stacked row */
+    double *top2;            /* one slot's support block of cotangents on A_k */
 };
 
 static double *slot_w(const episode_t *e, double *base, int k) { return base + (size_t)k * e->nw; }
 static size_t srow(const episode_t *e, int k) { return (size_t)k * e->n_s; }
-static size_t qrow(const episode_t *e, int k) {
-    return (size_t)e->K * e->n_s + (size_t)k * e->n_q;
-}
+static size_t qrow(const episode_t *e, int k) { return (size_t)e->K * e->n_s + (size_t)k * e->n_q; }
 static double *top_at(const episode_t *e, size_t row) { return e->top + row * e->wk; }
 static double *traj_at(const episode_t *e, int k, int t) {
     return e->traj + ((size_t)k * (size_t)(e->T + 1) + (size_t)t) * e->nw;
@@ -71,9 +69,10 @@ hd_rc episode_new_batch(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int
     if (T < 1) return hd_err_set(err, HD_EINVAL, "inner.steps: must be >= 1, got %d", T);
     if (K < 1 || K > 65536) return hd_err_set(err, HD_EINVAL, "episode: %d slots", K);
     if (n_s < 1 || n_q < 1 || (size_t)K * (n_s + n_q) > mlp_max_batch(m))
-        return hd_err_set(err, HD_EINVAL,
-                          "episode: %d x (support %zu + query %zu) rows exceed the model's batch %zu",
-                          K, n_s, n_q, mlp_max_batch(m));
+        return hd_err_set(
+            err, HD_EINVAL,
+            "episode: %d x (support %zu + query %zu) rows exceed the model's batch %zu", K, n_s,
+            n_q, mlp_max_batch(m));
     episode_t *e = calloc(1, sizeof *e);
     if (!e) return hd_err_set(err, HD_ENOMEM, "episode: out of memory");
     e->m = m;
@@ -91,8 +90,8 @@ hd_rc episode_new_batch(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int
     size_t nw = e->nw, nl = e->nl ? e->nl : 1, wk = e->wk ? e->wk : 1, Kz = (size_t)K;
     size_t rows = Kz * (n_s + n_q);
     hd_rc rc = mlp_feat_new(m, rows, &e->f, err);
-    double **bufs_w[] = {&e->aw, &e->av, &e->aw2, &e->av2, &e->alpha, &e->c,
-                         &e->gw, &e->term, &e->psum, &e->hw, &e->pt};
+    double **bufs_w[] = {&e->aw, &e->av,   &e->aw2,  &e->av2, &e->alpha, &e->c,
+                         &e->gw, &e->term, &e->psum, &e->hw,  &e->pt};
     double **bufs_kw[] = {&e->w, &e->v, &e->wprev, &e->wstar, &e->wsave, &e->vsave};
     double **bufs_l[] = {&e->gfo, &e->vt, &e->acc};
     int fail = rc != HD_OK;
@@ -126,10 +125,9 @@ hd_rc episode_new(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int T, si
 void episode_free(episode_t *e) {
     if (!e) return;
     mlp_feat_free(e->f);
-    double *all[] = {e->w,   e->v,   e->wprev, e->wstar, e->wsave, e->vsave, e->aw,
-                     e->av,  e->aw2, e->av2,   e->alpha, e->c,     e->gw,    e->term,
-                     e->psum, e->hw, e->pt,    e->gfo,   e->vt,    e->acc,   e->xsq,
-                     e->top, e->top2, e->traj};
+    double *all[] = {e->w,   e->v,   e->wprev, e->wstar, e->wsave, e->vsave, e->aw,   e->av,
+                     e->aw2, e->av2, e->alpha, e->c,     e->gw,    e->term,  e->psum, e->hw,
+                     e->pt,  e->gfo, e->vt,    e->acc,   e->xsq,   e->top,   e->top2, e->traj};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
     free(e->bad);
     free((void *)e->ys);
@@ -151,8 +149,8 @@ static void set_inputs(episode_t *e, int k, const double *xs, const double *xq) 
     memcpy(e->xsq + qrow(e, k) * e->din, xq, e->n_q * e->din * sizeof(double));
 }
 
-void episode_begin_slot(episode_t *e, int k, const double *phi, const double *xs,
-                        const double *ys, const double *xq, const double *yq) {
+void episode_begin_slot(episode_t *e, int k, const double *phi, const double *xs, const double *ys,
+                        const double *xq, const double *yq) {
     HD_ASSERT(k >= 0 && k < e->K);
     e->phi[k] = phi;
     e->ys[k] = ys;
@@ -282,8 +280,7 @@ static long slot_cotangents(episode_t *e, int k, const double *lam, double theta
         vec_copy(nw, e->term, e->alpha);
         vec_copy(nw, e->psum, e->alpha);
         for (int j = 1; j <= mc->neumann_n; j++) {
-            mlp_upper_hvp(e->m, e->f, srow(e, k), e->n_s, lam, wk_, e->ys[k], e->term, e->hw,
-                          NULL);
+            mlp_upper_hvp(e->m, e->f, srow(e, k), e->n_s, lam, wk_, e->ys[k], e->term, e->hw, NULL);
             vec_axpy(nw, e->term, -eta, e->hw);
             vec_axpy(nw, e->psum, 1.0, e->term);
         }
@@ -349,15 +346,15 @@ hd_rc episode_step_batch(episode_t *e, const double *lam, double theta, int repl
     if (!posts) {
         if (t == e->T && info)
             for (int k = 0; k < K; k++)
-                info[k].val_loss = mlp_upper_loss(e->m, e->f, qrow(e, k), n_q,
-                                                  slot_w(e, e->w, k), e->yq[k]);
+                info[k].val_loss =
+                    mlp_upper_loss(e->m, e->f, qrow(e, k), n_q, slot_w(e, e->w, k), e->yq[k]);
         return HD_OK;
     }
     for (int k = 0; k < K; k++) {
         /* alpha_t = dL_val/dw_t and the query rows' cotangent on A_k (gFO). */
         double *topQ = top_at(e, qrow(e, k));
-        double vl = mlp_upper_grad(e->m, e->f, qrow(e, k), n_q, lam, slot_w(e, e->w, k),
-                                   e->yq[k], e->alpha, nl ? topQ : NULL);
+        double vl = mlp_upper_grad(e->m, e->f, qrow(e, k), n_q, lam, slot_w(e, e->w, k), e->yq[k],
+                                   e->alpha, nl ? topQ : NULL);
         if (info) info[k].val_loss = vl;
         if (e->bad[k] && e->guard) {
             /* A skipped step contributes zero. */
@@ -378,8 +375,10 @@ hd_rc episode_step_batch(episode_t *e, const double *lam, double theta, int repl
         }
     }
     /* One backward through the lam layers for every slot and every product. */
-    if (mc->kind == METHOD_FO) lower(e, lam, (size_t)K * n_s, (size_t)K * n_q, g);
-    else lower(e, lam, 0, (size_t)K * (n_s + n_q), g);
+    if (mc->kind == METHOD_FO)
+        lower(e, lam, (size_t)K * n_s, (size_t)K * n_q, g);
+    else
+        lower(e, lam, 0, (size_t)K * (n_s + n_q), g);
     double gn = sqrt(vec_dot(nl, g, g));
     if (info)
         for (int k = 0; k < K; k++) {
@@ -418,8 +417,7 @@ static hd_rc estimate_slot(episode_t *e, int k, const double *lam, double gamma,
         return HD_ENONFINITE;
     }
     /* alpha_T = dL_val(w_T)/dw */
-    mlp_upper_grad(e->m, e->f, qrow(e, k), e->n_q, lam, traj_at(e, k, T), e->yq[k], e->alpha,
-                   NULL);
+    mlp_upper_grad(e->m, e->f, qrow(e, k), e->n_q, lam, traj_at(e, k, T), e->yq[k], e->alpha, NULL);
     vec_copy(nw, e->aw, e->alpha);
     vec_zero(nw, e->av);
     if (blk) vec_zero(blk, topS); /* sum of the DrMAD A_k cotangents */
@@ -485,8 +483,8 @@ hd_rc episode_estimate(episode_t *e, const double *lam, double gamma, double *x,
 }
 
 void episode_eval_batch(episode_t *e, const double *lam, const double *phi, int n,
-                        const double *const *xs, const double *const *ys,
-                        const double *const *xq, const double *const *yq, double *loss) {
+                        const double *const *xs, const double *const *ys, const double *const *xq,
+                        const double *const *yq, double *loss) {
     HD_ASSERT(n >= 1 && n <= e->K);
     size_t nw = e->nw;
     for (int k = 0; k < e->K; k++) {

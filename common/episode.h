@@ -50,8 +50,8 @@ hd_rc episode_new_batch(mlp_t *m, const inner_cfg *ic, const method_cfg *mc, int
 int episode_slots(const episode_t *e);
 /* Start slot k (0 <= k < K) at s_0 = (phi, 0) on its task; every slot must be
  * begun before the first step. Borrows the arrays until the next begin. */
-void episode_begin_slot(episode_t *e, int k, const double *phi, const double *xs,
-                        const double *ys, const double *xq, const double *yq);
+void episode_begin_slot(episode_t *e, int k, const double *phi, const double *xs, const double *ys,
+                        const double *xq, const double *yq);
 /* One inner step of every slot; g (n_lam) receives the sum over the K slots
  * when the method posts at this step. info (K entries, may be NULL) gets each
  * slot's losses, VJPs and non-finite flag; posted and grad_norm (of the sum)
@@ -67,8 +67,8 @@ hd_rc episode_estimate_batch(episode_t *e, const double *lam, double gamma, doub
                              linest_sums *sums, long *vjps, hd_err *err);
 /* Evaluation of n <= K tasks at once (see episode_eval): loss[i] for task i. */
 void episode_eval_batch(episode_t *e, const double *lam, const double *phi, int n,
-                        const double *const *xs, const double *const *ys,
-                        const double *const *xq, const double *const *yq, double *loss);
+                        const double *const *xs, const double *const *ys, const double *const *xq,
+                        const double *const *yq, double *loss);
 void episode_free(episode_t *e);
 
 /* Guard (robust.skip_nonfinite, robust.guard_loss): when an inner step

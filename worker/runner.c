@@ -186,8 +186,8 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         rc = hd_err_set(err, HD_ENOMEM, "runner: out of memory");
         goto done;
     }
-    if ((rc = episode_new_batch(m, &sp->inner, &sp->method, T, sp->task.shots, sp->task.queries,
-                                B, &ep1, err)) != HD_OK)
+    if ((rc = episode_new_batch(m, &sp->inner, &sp->method, T, sp->task.shots, sp->task.queries, B,
+                                &ep1, err)) != HD_OK)
         goto done;
     episode_set_guard(ep1, sp->skip_nonfinite, sp->guard_loss);
     for (int b = 0; b < B; b++)
@@ -261,8 +261,8 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
         int last = ep == M;
         if (sp->meta_val_tasks > 0 &&
             ((sp->eval_interval > 0 && ep % sp->eval_interval == 0) || last))
-            val = runner_eval(sp, ep1, tasks, lam, phi, TASK_STREAM_VAL, 0,
-                              sp->meta_val_tasks, NULL, NULL);
+            val = runner_eval(sp, ep1, tasks, lam, phi, TASK_STREAM_VAL, 0, sp->meta_val_tasks,
+                              NULL, NULL);
         if (last) res->meta_val_loss = val;
         if (out.metrics) {
             fprintf(out.metrics, "{\"episode\": %d, ", ep);
