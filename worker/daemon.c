@@ -68,18 +68,21 @@ typedef struct {
     double last_hb;
     /* a sync train group: the leases of one episode run in lockstep */
     struct glease {
-        char id[128];         /* lease id, "" once completed or lost */
-        int slots[MAX_SLOTS]; /* task slots */
-        int K;                /* number of slots */
-        int first;            /* index of its first slot in eps[] */
-        int resume;           /* steps already posted by an earlier lease */
-        double last_hb;       /* last heartbeat (or accepted post) */
+        char id[128];             /* lease id, "" once completed or lost */
+        int slots[MAX_SLOTS];     /* task slots */
+        int K;                    /* number of slots */
+        int first;                /* index of its first slot in tasks[] */
+        episode_t *ep[MAX_SLOTS]; /* batched episodes of up to d->chunk slots each */
+        int nchunks;              /* episodes in ep[] */
+        int resume;               /* steps already posted by an earlier lease */
+        double last_hb;           /* last heartbeat (or accepted post) */
         double loss[MAX_SLOTS], gnorm[MAX_SLOTS];
         int nposted[MAX_SLOTS];
         int skipped; /* steps skipped by the guard */
     } group[MAX_SLOTS];
     int ngroup; /* leases in the group */
-    int gslots; /* slots in the group (eps[0 .. gslots-1]) */
+    int gslots; /* slots in the group (tasks[0 .. gslots-1]) */
+    int chunk;  /* most slots per batched episode (bounded by memory) */
     /* progress and accounting */
     double t_wait;    /* seconds waiting for lam versions (the sync barrier) */
     double t_compute; /* seconds in episode computations */
@@ -224,7 +227,13 @@ static long load_run(daemon_t *d, long run) {
         return -1;
     }
     const run_spec *sp = &d->spec;
-    if (spec_model_new(sp, sp->task.shots + sp->task.queries, &d->m, &err) != HD_OK) {
+    /* Slots of a lease run as batched episodes of up to `chunk` tasks: their
+     * lower-layer products are shared (episode.h). The bound keeps the
+     * network's scratch under about 2048 stacked rows. */
+    size_t rows = sp->task.shots + sp->task.queries;
+    d->chunk = d->cfg->slots < 16 ? d->cfg->slots : 16;
+    while (d->chunk > 1 && (size_t)d->chunk * rows > 2048) d->chunk--;
+    if (spec_model_new(sp, (size_t)d->chunk * rows, &d->m, &err) != HD_OK) {
         HD_LOG_ERROR("model error=\"%s\"", err.msg);
         return -1;
     }
@@ -366,6 +375,15 @@ static job_rc complete(daemon_t *d, cJSON *metrics) {
 
 /* ---- jobs ---- */
 
+/* Free the group's batched episodes and forget its leases. */
+static void group_clear(daemon_t *d) {
+    for (int g = 0; g < d->ngroup; g++) {
+        for (int c = 0; c < d->group[g].nchunks; c++) episode_free(d->group[g].ep[c]);
+        d->group[g].nchunks = 0;
+    }
+    d->ngroup = d->gslots = 0;
+}
+
 /* Release every live lease of the group (on SIGTERM). */
 static void release_group(daemon_t *d) {
     char save[128];
@@ -377,7 +395,7 @@ static void release_group(daemon_t *d) {
         d->group[g].id[0] = 0;
     }
     memcpy(d->lease, save, sizeof save);
-    d->ngroup = d->gslots = 0;
+    group_clear(d);
 }
 
 static void heartbeat_group(daemon_t *d) {
@@ -403,21 +421,29 @@ static job_rc group_step(daemon_t *d, struct glease *L, int t, double theta, lon
     const run_spec *sp = &d->spec;
     int T = sp->steps, replay = t <= L->resume;
     double t0 = now_s();
-    for (int i = 0; i < L->K; i++) {
-        episode_info info;
-        episode_step(d->eps[L->first + i], d->lam, theta, replay, d->g, &info);
-        if (info.nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) L->skipped++;
-        if (info.posted) {
-            if (i == 0)
+    episode_info info[MAX_SLOTS];
+    int done = 0;
+    for (int c = 0; c < L->nchunks; c++) {
+        int kc = episode_slots(L->ep[c]);
+        episode_step_batch(L->ep[c], d->lam, theta, replay, d->g, info + done);
+        if (info[done].posted) {
+            if (c == 0)
                 vec_copy(d->nl, d->gsum, d->g);
             else
                 vec_axpy(d->nl, d->gsum, 1.0, d->g);
-            L->gnorm[i] += info.grad_norm;
+        }
+        done += kc;
+    }
+    for (int i = 0; i < L->K; i++) {
+        if (info[i].nonfinite && (sp->skip_nonfinite || sp->guard_loss > 0.0)) L->skipped++;
+        if (info[i].posted) {
+            /* The norm of the lease's sum, per slot: what the server averages. */
+            L->gnorm[i] += info[i].grad_norm / L->K;
             L->nposted[i]++;
         }
         if (t == T && !replay) {
-            L->loss[i] = info.val_loss;
-            d->last_val = info.val_loss;
+            L->loss[i] = info[i].val_loss;
+            d->last_val = info[i].val_loss;
         }
     }
     d->t_compute += now_s() - t0;
@@ -475,12 +501,24 @@ static job_rc group_add(daemon_t *d, const cJSON *job, int upto, long v0, double
     }
     if (L->K < 1 || ensure_eps(d, d->gslots + L->K) != 0) return JOB_FATAL;
     int m = (int)jnum(job, "episode", 0);
-    for (int i = 0; i < L->K; i++) {
-        int e = L->first + i;
-        task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)m, (uint64_t)L->slots[i],
-                  &d->tasks[e]);
-        episode_begin(d->eps[e], d->phi, d->tasks[e].xs, d->tasks[e].ys, d->tasks[e].xq,
-                      d->tasks[e].yq);
+    hd_err err = {0};
+    for (int i = 0; i < L->K; i += d->chunk) {
+        int kc = L->K - i < d->chunk ? L->K - i : d->chunk;
+        episode_t *ep = NULL;
+        if (episode_new_batch(d->m, &sp->inner, &sp->method, sp->steps, sp->task.shots,
+                              sp->task.queries, kc, &ep, &err) != HD_OK) {
+            HD_LOG_ERROR("episode error=\"%s\"", err.msg);
+            return JOB_FATAL;
+        }
+        episode_set_guard(ep, sp->skip_nonfinite, sp->guard_loss);
+        L->ep[L->nchunks++] = ep;
+        for (int j = 0; j < kc; j++) {
+            int e = L->first + i + j;
+            task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)m,
+                      (uint64_t)L->slots[i + j], &d->tasks[e]);
+            episode_begin_slot(ep, j, d->phi, d->tasks[e].xs, d->tasks[e].ys, d->tasks[e].xq,
+                               d->tasks[e].yq);
+        }
     }
     d->ngroup++;
     d->gslots += L->K;
@@ -542,7 +580,7 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
     int async = sp->mode == SPEC_MODE_ASYNC;
     job_rc rc = fetch_tensor(d, "init", pv, d->phi, d->nw, &d->phi_version);
     if (rc != JOB_OK) return rc;
-    d->ngroup = d->gslots = 0;
+    group_clear(d);
     d->lease[0] = 0; /* the group owns the lease from here on */
     if ((rc = group_add(d, job, 0, v0, theta)) != JOB_OK) return rc;
     d->episode = m;
@@ -600,7 +638,8 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
         for (int i = 0; i < L->K && rc == JOB_OK; i++) {
             char path[256];
             snprintf(path, sizeof path, "/v1/leases/%s/final?slot=%d", L->id, L->slots[i]);
-            rc = post_tensor(d, path, episode_w(d->eps[L->first + i]), d->nw, "final");
+            rc = post_tensor(d, path, episode_w_slot(L->ep[i / d->chunk], i % d->chunk), d->nw,
+                             "final");
         }
         if (rc != JOB_OK) {
             if (rc == JOB_FATAL) return rc;
@@ -625,7 +664,7 @@ static job_rc job_train(daemon_t *d, const cJSON *job) {
         L->id[0] = 0;
         rc = JOB_OK;
     }
-    d->ngroup = d->gslots = 0;
+    group_clear(d);
     d->lease[0] = 0;
     return JOB_OK;
 }
