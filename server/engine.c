@@ -38,12 +38,11 @@
 #define TOKEN_BYTES 32
 #define EVAL_JOB_MAX 100 /* tasks per evaluation job */
 #define NAME_MAX_LEN 64
-/* Async: store lam/opt (and prune the async log) at least every N updates
+/* Async: store lam/opt (and rotate the post log) at least every N updates
  * or S seconds. A snapshot costs 3 x n_lam doubles (lam, Adam m and v: 490
- * KB for the sinusoid lam, ~6 posts' worth); 256 keeps that near 2% of the
- * log writes while the log stays small (256 posts, ~21 MB with 64 KiB
- * pages), so that its pages are reused hot instead of growing the file:
- * measured 1009 posts/s with N = 2000 (162 MB log) vs 1351 with N = 256. */
+ * KB for the sinusoid lam, ~6 posts' worth) in SQLite; 256 keeps that near
+ * 2% of the log writes while a post log file stays small (256 posts, ~21
+ * MB), so that a retired file is reused with its pages still cached. */
 #define ENGINE_SNAP_UPDATES 256
 #define ENGINE_SNAP_SECONDS 2.0
 /* Group commit: the committer waits at most this long for step requests
@@ -149,9 +148,9 @@ typedef struct waiter {
     hd_rc rc;
 } waiter_t;
 
-/* An async post that is in the async log but whose idempotency record is
- * not stored yet: it is written (STORE_OP_IDEM_PUT) when the log is pruned,
- * in the commit that stores lam (docs/STORAGE.md). */
+/* An async post that is in the post log but whose idempotency answer is
+ * not stored yet: it is written (STORE_OP_IDEM_STEPS_PUT) in the commit that
+ * stores lam (docs/STORAGE.md). */
 typedef struct {
     char lease[ID_LEN];
     int episode;
@@ -217,11 +216,11 @@ struct engine_run {
     int lam_dirty, phi_dirty;
     int state_dirty; /* the run_state row must be written at the next commit (async
                               posts alone leave it clean: a restart rebuilds their counters
-                              from the async log) */
+                              from the post log) */
     alog_t *alog;    /* async posts logged whose idem rows are not written yet (owned) */
     int nalog, capalog;
     int64_t alog_flushed; /* async: idem rows are written for every post up to this version */
-    int alog_cleared;     /* async: the finished run's async log was deleted */
+    int alog_cleared;     /* async: the finished run's legacy async_log ring was deleted */
     int64_t blob_version; /* lam version of the stored lam/opt blobs */
     long blob_opt_step;   /* optimiser step of the stored blobs */
     double blob_time;     /* monotonic time of the last lam snapshot */
@@ -306,7 +305,7 @@ static int run_finished(const engine_run *r) {
 /* Append op to the run's pending writes (run lock held). On allocation
  * failure of the op the caller has already failed. state: the change also
  * needs the run_state row written at the commit (everything except an async
- * post, whose durable record is its async_log row). */
+ * post, whose durable record is its post log record). */
 static void enqueue_op(engine_run *r, store_op *op, int state) {
     engine_t *e = r->eng;
     if (state) r->state_dirty = 1;
@@ -1036,9 +1035,8 @@ static void alog_checkpoint(engine_run *r) {
         tail = op;
     }
     free(done);
-    /* POSTS_PRUNE drops the rows an older server logged in posts; the ring
-     * of async_log needs no prune (a row older than the stored lam is dead
-     * and its slot is reused). */
+    /* POSTS_PRUNE drops the rows an older server logged in posts; the post
+     * log is rotated by the snapshot itself (snapshot()). */
     store_op *prune = ok ? op_ints(STORE_OP_POSTS_PRUNE, r, r->lam_version, 0) : NULL;
     if (!prune) {
         while (head) {
@@ -2039,12 +2037,12 @@ static int apply_update(engine_run *r, double *g, double gnorm) {
  * the error goes to derr and is reported by the caller at the point where
  * the checks under the lock would have decoded. */
 static hd_rc step_decode(const engine_run *r, const uint8_t *npy, size_t len, double **g,
-                         const uint8_t **raw, size_t *raw_len, uint32_t *crc, double *gnorm,
+                         const uint8_t **raw, size_t *raw_len, uint32_t crc[3], double *gnorm,
                          hd_err *derr) {
     *g = malloc((r->n_lam ? r->n_lam : 1) * sizeof **g);
     if (!*g) return hd_err_set(derr, HD_ENOMEM, "out of memory");
     if (!is_sync(r) && r->spec.wire_f32 && async_decode_f4(r, npy, len, *g, raw, raw_len, gnorm)) {
-        *crc = postlog_crc(*raw, *raw_len);
+        postlog_data_crc(*raw, *raw_len, crc);
         return HD_OK;
     }
     size_t shape[1] = {r->n_lam};
@@ -2059,7 +2057,7 @@ static hd_rc step_decode(const engine_run *r, const uint8_t *npy, size_t len, do
         if ((rc = npy_parse_header(npy, len, r->n_lam, 1, &h, derr)) != HD_OK) return rc;
         *raw = npy + h.data_offset;
         *raw_len = len - h.data_offset;
-        *crc = postlog_crc(*raw, *raw_len);
+        postlog_data_crc(*raw, *raw_len, crc);
         *gnorm = async_prepare(r, *g);
     }
     return HD_OK;
@@ -2086,13 +2084,13 @@ static hd_rc lease_step(engine_t *e, const char *lease_id, int64_t t, int64_t k,
     double *g = NULL;
     const uint8_t *raw = NULL; /* async: the post as received, inside npy */
     size_t raw_len = 0;
-    uint32_t crc = 0;
+    uint32_t crc[3] = {0, 0, 0};
     double gnorm = -1.0; /* async: set by step_decode (async_prepare) */
     hd_err derr;
     hd_err_clear(&derr);
     hd_rc drc = HD_EINTERNAL;
     engine_run *r0 = engine_lease_run(e, lease_id);
-    if (r0) drc = step_decode(r0, npy, len, &g, &raw, &raw_len, &crc, &gnorm, &derr);
+    if (r0) drc = step_decode(r0, npy, len, &g, &raw, &raw_len, crc, &gnorm, &derr);
     lease_t *l = lease_lock(e, lease_id, err);
     if (!l) {
         free(g);
@@ -2184,8 +2182,16 @@ static hd_rc lease_step(engine_t *e, const char *lease_id, int64_t t, int64_t k,
                 goto out;
             }
         }
-        postlog_rec pr = {r->episode, t,     l->slots[0], l->nslots, r->lam_version + 1,
-                          version,    l->id, raw,         raw_len,   crc};
+        postlog_rec pr = {.episode = r->episode,
+                          .t = t,
+                          .first_slot = l->slots[0],
+                          .k = l->nslots,
+                          .version = r->lam_version + 1,
+                          .used = version,
+                          .lease = l->id,
+                          .data = raw,
+                          .len = raw_len};
+        memcpy(pr.data_crc, crc, sizeof pr.data_crc);
         if ((rc = postlog_append(r->plog, &pr, err)) != HD_OK) {
             HD_LOG_ERROR("post log append failed run=%lld msg=\"%s\"", (long long)r->id,
                          err ? err->msg : "");
@@ -3085,8 +3091,9 @@ typedef struct {
     int64_t state_version; /* lam version the stored state row counts posts up to */
 } alog_load_ctx;
 
-/* Async: one row of the async log (version order; dead rows, older than the
- * stored lam, are still in the ring). The post is applied when the stored
+/* Async: one record of the post log, or one row of the legacy async_log
+ * ring (version order; dead records, older than the stored lam, may still
+ * be there: a reused file, ring slots not overwritten). The post is applied when the stored
  * lam does not contain it yet; its counters (posts, staleness, slot
  * progress) when the stored state row does not count it yet; its
  * idempotency answer is rebuilt when its idem row is not stored yet, and

@@ -41,14 +41,14 @@ typedef struct {
     int64_t episode;  /* episode of the lease */
     int64_t t;        /* inner step */
     int64_t first_slot;
-    int64_t k;          /* slots summed */
-    uint64_t data_len;  /* bytes of data after the header */
-    uint32_t data_crc;  /* CRC-32C of the data */
-    uint32_t lease_len; /* bytes of lease used */
+    int64_t k;            /* slots summed */
+    uint64_t data_len;    /* bytes of data after the header */
+    uint32_t data_crc[3]; /* CRC-32C of each third of the data (postlog_data_crc) */
+    uint32_t lease_len;   /* bytes of lease used */
     char lease[POSTLOG_LEASE_MAX + 1];
 } pl_hdr;
 
-_Static_assert(sizeof(pl_hdr) == 120, "pl_hdr must have no padding");
+_Static_assert(sizeof(pl_hdr) == 128, "pl_hdr must have no padding");
 
 struct postlog {
     char *dir;         /* directory of the database (owned) */
@@ -102,6 +102,46 @@ __attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t c, const ui
     return c32;
 }
 #endif
+
+#if POSTLOG_X86
+/* Three independent chains: the crc32 instruction has a latency of 3
+ * cycles and a throughput of 1, so one chain runs at a third of the speed
+ * (~10 us for an 82 KB post). w words per chain, from a, b and c. */
+__attribute__((target("sse4.2"))) static void
+crc3_sse42(const uint8_t *a, const uint8_t *b, const uint8_t *c, size_t w, uint64_t out[3]) {
+    uint64_t x = out[0], y = out[1], z = out[2];
+    for (size_t i = 0; i < w; i++) {
+        uint64_t u, v, t;
+        memcpy(&u, a + 8 * i, sizeof u);
+        memcpy(&v, b + 8 * i, sizeof v);
+        memcpy(&t, c + 8 * i, sizeof t);
+        x = _mm_crc32_u64(x, u);
+        y = _mm_crc32_u64(y, v);
+        z = _mm_crc32_u64(z, t);
+    }
+    out[0] = x;
+    out[1] = y;
+    out[2] = z;
+}
+#endif
+
+void postlog_data_crc(const void *buf, size_t len, uint32_t out[3]) {
+    const uint8_t *p = buf;
+    size_t seg = len / 24 * 8; /* bytes of each of the first two thirds */
+#if POSTLOG_X86
+    if (__builtin_cpu_supports("sse4.2")) {
+        uint64_t c[3] = {0xffffffffu, 0xffffffffu, 0xffffffffu};
+        crc3_sse42(p, p + seg, p + 2 * seg, seg / 8, c);
+        out[0] = ~(uint32_t)c[0];
+        out[1] = ~(uint32_t)c[1];
+        out[2] = ~crc_sse42((uint32_t)c[2], p + 3 * seg, len - 3 * seg);
+        return;
+    }
+#endif
+    out[0] = ~crc_soft(0xffffffffu, p, seg);
+    out[1] = ~crc_soft(0xffffffffu, p + seg, seg);
+    out[2] = ~crc_soft(0xffffffffu, p + 2 * seg, len - 2 * seg);
+}
 
 uint32_t postlog_crc(const void *buf, size_t len) {
     const uint8_t *p = buf;
@@ -204,7 +244,9 @@ static hd_rc replay_file(postlog_t *pl, int64_t gen, store_row_cb cb, void *ctx,
             cap = (size_t)h.data_len;
         }
         if (h.data_len && read_full(fd, buf, (size_t)h.data_len, off + sizeof h) != 0) break;
-        if (postlog_crc(buf, (size_t)h.data_len) != h.data_crc) break;
+        uint32_t dc[3];
+        postlog_data_crc(buf, (size_t)h.data_len, dc);
+        if (memcmp(dc, h.data_crc, sizeof dc) != 0) break;
         h.lease[h.lease_len] = 0;
         store_row row;
         memset(&row, 0, sizeof row);
@@ -344,7 +386,7 @@ hd_rc postlog_append(postlog_t *pl, const postlog_rec *rec, hd_err *err) {
     h.first_slot = rec->first_slot;
     h.k = rec->k;
     h.data_len = rec->len;
-    h.data_crc = rec->data_crc;
+    memcpy(h.data_crc, rec->data_crc, sizeof h.data_crc);
     h.lease_len = (uint32_t)ll;
     memcpy(h.lease, rec->lease, ll);
     h.hdr_crc = hdr_crc(&h);

@@ -10,12 +10,12 @@
  * that snapshot is committed (one retired file is kept and renamed for the
  * next generation, so that its pages are rewritten in the page cache).
  * Records are self-validating (a CRC-32C of the header, which holds the
- * generation, the length and a CRC-32C of the data): recovery reads each
+ * generation, the length and CRC-32Cs of the data): recovery reads each
  * file up to its first invalid record (a torn, never acknowledged tail, or
  * an older generation's leftovers in a reused file).
  *
  * Thread-safety: none; the engine calls everything under the run lock,
- * except postlog_crc (pure) and postlog_fsync (on an fd taken under the
+ * except postlog_data_crc (pure) and postlog_fsync (on an fd taken under the
  * lock, which only the committer thread closes). */
 #ifndef HD_SERVER_POSTLOG_H
 #define HD_SERVER_POSTLOG_H
@@ -36,13 +36,17 @@ typedef struct {
     const char *lease;                 /* NUL-terminated, at most POSTLOG_LEASE_MAX bytes */
     const void *data;                  /* the post as received (f4) or as doubles (f8) */
     size_t len;                        /* bytes of data */
-    uint32_t data_crc;                 /* postlog_crc(data, len) */
+    uint32_t data_crc[3];              /* postlog_data_crc(data, len) */
 } postlog_rec;
 
 #define POSTLOG_LEASE_MAX 39
 
 /* CRC-32C (Castagnoli) of buf; SSE4.2 when the CPU has it. Thread-safe. */
 uint32_t postlog_crc(const void *buf, size_t len);
+/* The CRC-32Cs of the three parts of a record's data (len / 24 * 8 bytes,
+ * as many, the rest), computed as three independent chains: ~3x faster
+ * than one CRC of the whole. Thread-safe. */
+void postlog_data_crc(const void *buf, size_t len, uint32_t out[3]);
 
 /* A log for run `run` of the database at db_path (copied); no file is
  * touched. sync_full: postlog_take_sync reports writes to fsync. Returns
