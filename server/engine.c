@@ -2673,8 +2673,13 @@ static void snapshot(engine_run *r, store_hot *h, pubrec *p) {
     p->plog_gen = -1;
     p->sync_fd = -1;
     /* Before a rotation: the posts waiting for this commit are in the
-     * current file (--sync full). */
-    if (r->plog) p->sync_fd = postlog_take_sync(r->plog, &p->sync_dir);
+     * current file (--sync full). Without --sync full the log is synced
+     * only before a state row that counts posts after the stored lam (a
+     * lease, a final...): on a power loss that row must not survive
+     * without the records it counts. */
+    int force =
+        !r->lam_dirty && (r->state_dirty || r->phi_dirty) && r->lam_version > r->blob_version;
+    if (r->plog) p->sync_fd = postlog_take_sync(r->plog, force, &p->sync_dir);
     if (r->lam_dirty) {
         r->blob_version = r->lam_version;
         r->blob_opt_step = r->opt.step;
@@ -2812,9 +2817,13 @@ void engine_commit_loop(engine_t *e, store_t *st) {
         for (i = 0; i < n && !need_sql; i++)
             need_sql = hots[i].state_json || hots[i].lam || hots[i].phi;
         if (!need_sql) rc = HD_OK;
+        /* A commit that covers post log files is on disk before they are
+         * retired (deleted or reused) below. */
+        int durable = 0;
+        for (i = 0; i < n; i++) durable |= pubs[i].plog_gen >= 0 || pubs[i].plog_final;
         for (int attempt = 0; attempt < 5 && rc != HD_OK; attempt++) {
             hd_err_clear(&err);
-            rc = store_batch_commit(st, head, hots, n, &err);
+            rc = store_batch_commit(st, head, hots, n, durable, &err);
             if (rc != HD_OK) {
                 HD_LOG_ERROR("commit failed attempt=%d msg=\"%s\"", attempt + 1, err.msg);
                 usleep(100000u << attempt);

@@ -263,6 +263,11 @@ static hd_rc replay_file(postlog_t *pl, int64_t gen, store_row_cb cb, void *ctx,
         off += sizeof h + h.data_len;
     }
     free(buf);
+    /* The records may be only in the page cache (the server was killed):
+     * the states committed from now on count them, so they go to disk
+     * first. */
+    if (rc == HD_OK && off > 0 && fdatasync(fd) != 0)
+        rc = hd_err_set(err, HD_EDB, "fdatasync %s: %s", path, strerror(errno));
     close(fd);
     return rc;
 }
@@ -476,9 +481,9 @@ void postlog_retire(postlog_t *pl, int64_t gen, int keep_spare) {
     }
 }
 
-int postlog_take_sync(postlog_t *pl, int *dir) {
+int postlog_take_sync(postlog_t *pl, int force, int *dir) {
     *dir = 0;
-    if (!pl->sync_full || !pl->dirty || pl->fd < 0) return -1;
+    if ((!pl->sync_full && !force) || !pl->dirty || pl->fd < 0) return -1;
     *dir = pl->dir_dirty;
     pl->dirty = pl->dir_dirty = 0;
     return pl->fd;

@@ -87,10 +87,12 @@ int64_t postlog_rotate(postlog_t *pl);
  * finished: postlog_retire(pl, INT64_MAX, 0) removes everything). */
 void postlog_retire(postlog_t *pl, int64_t gen, int keep_spare);
 
-/* --sync full: the fd of the current file when appends since the last call
- * need an fdatasync (else -1); *dir is set to 1 when a file was created or
- * renamed since (its directory must be fsynced too). */
-int postlog_take_sync(postlog_t *pl, int *dir);
+/* The fd of the current file when appends since the last call need an
+ * fdatasync (else -1): with --sync full always, else only when force is set
+ * (a commit is about to store a state that counts posts after the stored
+ * lam: they must reach the disk first). *dir is set to 1 when a file was
+ * created or renamed since (its directory must be fsynced too). */
+int postlog_take_sync(postlog_t *pl, int force, int *dir);
 /* fdatasync(fd) and, when dir, fsync the directory. Returns HD_OK or HD_EDB. */
 hd_rc postlog_fsync(const postlog_t *pl, int fd, int dir, hd_err *err);
 

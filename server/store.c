@@ -128,6 +128,7 @@ struct store {
     int ckpt_stop;             /* the thread must return */
     sqlite3_stmt *st[S_COUNT]; /* prepared write statements */
     int schema_version;        /* highest applied migration */
+    int sync_full;             /* synchronous=FULL for every commit */
     atomic_int ready;          /* 1 once migrations are applied */
 };
 
@@ -266,6 +267,7 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
     if (!st) return hd_err_set(err, HD_ENOMEM, "store: out of memory");
     pthread_mutex_init(&st->ckpt_mu, NULL);
     pthread_cond_init(&st->ckpt_cv, NULL);
+    st->sync_full = sync_full;
     hd_rc rc;
     int src = sqlite3_open_v2(
         path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -529,8 +531,20 @@ static hd_rc write_hot(store_t *st, const store_hot *h, hd_err *err) {
 }
 
 hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots, size_t n_hots,
-                         hd_err *err) {
-    hd_rc rc = exec_sql(st, "BEGIN IMMEDIATE", "begin", err);
+                         int durable, hd_err *err) {
+    hd_rc rc;
+    if (durable && !st->sync_full) {
+        if ((rc = exec_sql(st, "PRAGMA synchronous=FULL", "synchronous", err)) != HD_OK) return rc;
+        rc = store_batch_commit(st, ops, hots, n_hots, 0, err);
+        hd_err e2;
+        hd_err_clear(&e2);
+        if (exec_sql(st, "PRAGMA synchronous=NORMAL", "synchronous", &e2) != HD_OK && rc == HD_OK) {
+            *err = e2;
+            rc = e2.code;
+        }
+        return rc;
+    }
+    rc = exec_sql(st, "BEGIN IMMEDIATE", "begin", err);
     if (rc != HD_OK) return rc;
     for (const store_op *op = ops; op; op = op->next)
         if ((rc = write_op(st, op, err)) != HD_OK) goto rollback;

@@ -116,9 +116,12 @@ int store_ready(const store_t *st);
 int store_schema_version(const store_t *st);
 
 /* Write the ops (in list order) and the hot snapshots in ONE transaction.
- * On failure everything is rolled back. Returns HD_OK or HD_EDB. */
+ * durable: the transaction is on disk when this returns, whatever the
+ * synchronous mode (FULL for this commit: the engine retires post log files
+ * only once the lam snapshot that covers them is on disk). On failure
+ * everything is rolled back. Returns HD_OK or HD_EDB. */
 hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots, size_t n_hots,
-                         hd_err *err);
+                         int durable, hd_err *err);
 
 /* ---- loading at start ----------------------------------------------------- */
 
