@@ -15,7 +15,8 @@
  * repeated posts (old ones whose idempotency rows were written at a
  * snapshot, recent ones only in the log) get their original answers and
  * change nothing, lam is bit-identical to the one published before the
- * kill, and the post counter is exact. The same again with --sync full. */
+ * kill, and the post counter is exact. The same with float64 posts, and
+ * again (float32) with --sync full. */
 #include <dirent.h>
 #include <pthread.h>
 
@@ -40,6 +41,14 @@ static const char *spec_alog =
     "\"inner\":{\"steps\":1000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":2,"
     "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f4\","
     "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
+
+/* The same run with float64 on the wire (the post log stores the doubles). */
+static const char *spec_alog_f8 =
+    "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,32,32,1],\"hyper_layers\":2},"
+    "\"inner\":{\"steps\":1000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":2,"
+    "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f8\","
+    "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
+static int alog_f8; /* async_log_idempotency: spec_alog_f8 and float64 posts */
 
 static long kill_base = -1; /* async phase: kill points relative to this request */
 
@@ -112,7 +121,7 @@ static long alog_post(hdc_conn *c, const char *lease, const char *token, long t,
         g[i] = 1e-4 * (double)((long)((size_t)t * 31 + i * 17) % 101 - 50);
     uint8_t *npy = NULL;
     size_t len = 0, shape[1] = {n};
-    npy_encode(NPY_F32, 1, shape, g, &npy, &len, NULL);
+    npy_encode(alog_f8 ? NPY_F64 : NPY_F32, 1, shape, g, &npy, &len, NULL);
     free(g);
     char url[512];
     snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", srv.base, lease, t,
@@ -160,7 +169,8 @@ static void async_log_idempotency(void) {
     char url[512], token[160], wid[64], lease[64], body[256];
     hdc_resp r;
     snprintf(url, sizeof url, "%s/v1/runs", srv.base);
-    hdc_req(&c, "POST", url, HDC_ADMIN, spec_alog, strlen(spec_alog), NULL, &r);
+    const char *sp = alog_f8 ? spec_alog_f8 : spec_alog;
+    hdc_req(&c, "POST", url, HDC_ADMIN, sp, strlen(sp), NULL, &r);
     CHECK_EQ_INT(r.status, 201);
     long long run = hdc_json_int(r.body, "id", -1);
     hdc_json_str(r.body, "worker_token", token, sizeof token);
@@ -358,6 +368,9 @@ int main(void) {
     free(lams[1]);
     fprintf(stderr, "after the async phase: kills fixed %d, restarts %d\n", kills_fixed, restarts);
     async_log_idempotency();
+    alog_f8 = 1;
+    async_log_idempotency();
+    alog_f8 = 0;
     /* --sync full: a post is fdatasynced (by the committer) before its ack. */
     pthread_mutex_lock(&mu);
     hdc_stop(&srv, SIGTERM);
