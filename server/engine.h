@@ -30,6 +30,9 @@ typedef struct engine_run engine_run;
 typedef struct {
     int default_lease_seconds; /* for specs without lease_seconds */
     int max_wait;              /* longest long poll, seconds */
+    const char *db_path;       /* the database file (borrowed, outlives the engine): async
+                                  runs keep their post logs beside it (postlog.h) */
+    int sync_full;             /* --sync full: a post log is fdatasynced before the ack */
 } engine_cfg;
 
 /* New empty engine (cfg copied). Returns HD_OK or HD_ENOMEM. */

@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
         HD_LOG_ERROR("cannot open database db=%s msg=\"%s\"", cfg.db, err.msg);
         return 1;
     }
-    engine_cfg ec = {(int)cfg.lease_seconds, (int)cfg.max_wait};
+    engine_cfg ec = {(int)cfg.lease_seconds, (int)cfg.max_wait, cfg.db, (int)cfg.sync_full};
     if (engine_new(&ec, &srv.engine, &err) != HD_OK ||
         engine_load(srv.engine, srv.store, &err) != HD_OK) {
         HD_LOG_ERROR("cannot restore runs db=%s msg=\"%s\"", cfg.db, err.msg);

@@ -37,8 +37,6 @@ enum {
     S_WORKER_PUT,
     S_LEASE_PUT,
     S_POSTS_PRUNE,
-    S_ALOG_UPDATE,
-    S_ALOG_INSERT,
     S_ALOG_CLEAR,
     S_IDEM_STEPS_PUT,
     S_IDEM_STEPS_PRUNE,
@@ -76,16 +74,6 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_WORKER_PUT] = "INSERT OR REPLACE INTO workers (run, worker_id, row) VALUES (?1, ?2, ?3)",
     [S_LEASE_PUT] = "INSERT OR REPLACE INTO leases (run, lease_id, row) VALUES (?1, ?2, ?3)",
     [S_POSTS_PRUNE] = "DELETE FROM posts WHERE run = ?1 AND version <= ?2",
-    /* An UPDATE of a row of the same size rewrites its pages in place
-     * (SQLite's overwrite optimisation): no page is freed or allocated, so
-     * neither the freelist nor page 1 is written; an INSERT only fills the
-     * ring the first time round. */
-    [S_ALOG_UPDATE] =
-        "UPDATE async_log SET run = ?2, version = ?3, used_version = ?4, episode = ?5, t = ?6, "
-        "first_slot = ?7, k = ?8, lease = ?9, data = ?10 WHERE id = ?1",
-    [S_ALOG_INSERT] =
-        "INSERT INTO async_log (id, run, version, used_version, episode, t, first_slot, k, "
-        "lease, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     /* A rowid range: no index, no scan of other runs' rows. */
     [S_ALOG_CLEAR] = "DELETE FROM async_log WHERE id >= ?1 AND id <= ?2",
     [S_IDEM_STEPS_PUT] =
@@ -140,6 +128,7 @@ struct store {
     int ckpt_stop;             /* the thread must return */
     sqlite3_stmt *st[S_COUNT]; /* prepared write statements */
     int schema_version;        /* highest applied migration */
+    int sync_full;             /* synchronous=FULL for every commit */
     atomic_int ready;          /* 1 once migrations are applied */
 };
 
@@ -278,6 +267,7 @@ hd_rc store_open(const char *path, int sync_full, store_t **out, hd_err *err) {
     if (!st) return hd_err_set(err, HD_ENOMEM, "store: out of memory");
     pthread_mutex_init(&st->ckpt_mu, NULL);
     pthread_cond_init(&st->ckpt_cv, NULL);
+    st->sync_full = sync_full;
     hd_rc rc;
     int src = sqlite3_open_v2(
         path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -432,27 +422,6 @@ static hd_rc write_op(store_t *st, const store_op *op, hd_err *err) {
         sqlite3_bind_int64(s, 1, op->run << ALOG_SHIFT);
         sqlite3_bind_int64(s, 2, (op->run << ALOG_SHIFT) + STORE_ALOG_RING - 1);
         return run_stmt(st, s, "clear async log", err);
-    case STORE_OP_ALOG_PUT:
-        if (op->run < 0 || op->run > ALOG_RUN_MAX || op->i[4] < 0)
-            return hd_err_set(err, HD_EDB, "async log: run %lld version %lld out of range",
-                              (long long)op->run, (long long)op->i[4]);
-        for (int pass = 0; pass < 2; pass++) {
-            s = st->st[pass ? S_ALOG_INSERT : S_ALOG_UPDATE];
-            sqlite3_bind_int64(s, 1, (op->run << ALOG_SHIFT) + op->i[4] % STORE_ALOG_RING);
-            sqlite3_bind_int64(s, 2, op->run);
-            sqlite3_bind_int64(s, 3, op->i[4]);
-            sqlite3_bind_int64(s, 4, op->i[5]);
-            for (int k = 0; k < 4; k++) sqlite3_bind_int64(s, 5 + k, op->i[k]);
-            bind_text(s, 9, op->key);
-            if (op->raw)
-                sqlite3_bind_blob64(s, 10, op->raw, (sqlite3_uint64)op->raw_len, SQLITE_STATIC);
-            else
-                bind_vec(s, 10, op->data, op->n);
-            hd_rc rc = run_stmt(st, s, pass ? "insert async log" : "update async log", err);
-            if (rc != HD_OK || sqlite3_changes(st->db) > 0) return rc;
-        }
-        return hd_err_set(err, HD_EDB, "async log: row of run %lld not written",
-                          (long long)op->run);
     case STORE_OP_POSTS_DELETE:
         s = st->st[S_POSTS_DEL];
         sqlite3_bind_int64(s, 1, op->run);
@@ -562,8 +531,20 @@ static hd_rc write_hot(store_t *st, const store_hot *h, hd_err *err) {
 }
 
 hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots, size_t n_hots,
-                         hd_err *err) {
-    hd_rc rc = exec_sql(st, "BEGIN IMMEDIATE", "begin", err);
+                         int durable, hd_err *err) {
+    hd_rc rc;
+    if (durable && !st->sync_full) {
+        if ((rc = exec_sql(st, "PRAGMA synchronous=FULL", "synchronous", err)) != HD_OK) return rc;
+        rc = store_batch_commit(st, ops, hots, n_hots, 0, err);
+        hd_err e2;
+        hd_err_clear(&e2);
+        if (exec_sql(st, "PRAGMA synchronous=NORMAL", "synchronous", &e2) != HD_OK && rc == HD_OK) {
+            *err = e2;
+            rc = e2.code;
+        }
+        return rc;
+    }
+    rc = exec_sql(st, "BEGIN IMMEDIATE", "begin", err);
     if (rc != HD_OK) return rc;
     for (const store_op *op = ops; op; op = op->next)
         if ((rc = write_op(st, op, err)) != HD_OK) goto rollback;

@@ -50,17 +50,14 @@ typedef enum {
     STORE_OP_LEASE_PUT,     /* key=lease_id text=row JSON */
     STORE_OP_POSTS_PRUNE,   /* async: delete posts and async_log rows with version <= i[0] (lam
                                 stored up to there) */
-    STORE_OP_ALOG_PUT,      /* async post: i[0]=episode i[1]=t i[2]=first_slot i[3]=k
-                                i[4]=version produced i[5]=version used, key=lease, raw (f4
-                                bytes) or data (f8); written to ring slot i[4] % STORE_ALOG_RING
-                                of the run, overwriting the post of version i[4] - RING, which the
-                                caller guarantees is in a stored lam already */
     STORE_OP_ALOG_CLEAR,    /* delete the run's async log (the run finished) */
     STORE_OP_IDEM_STEPS_PUT /* async step answers of one lease: i[0]=episode key=lease,
                                 raw = pairs of int64 (t, lam_version) */
 } store_op_kind;
 
-/* Slots of a run's async post log (a ring: see STORE_OP_ALOG_PUT). */
+/* Slots of a run's async_log ring, which servers before the post log
+ * (postlog.h) wrote: its rows are still replayed at start (STORE_T_ALOG)
+ * and deleted when the run finishes (STORE_OP_ALOG_CLEAR). */
 #define STORE_ALOG_RING 512
 
 /* One write. All pointers are owned by the op (freed by store_op_free). */
@@ -119,9 +116,12 @@ int store_ready(const store_t *st);
 int store_schema_version(const store_t *st);
 
 /* Write the ops (in list order) and the hot snapshots in ONE transaction.
- * On failure everything is rolled back. Returns HD_OK or HD_EDB. */
+ * durable: the transaction is on disk when this returns, whatever the
+ * synchronous mode (FULL for this commit: the engine retires post log files
+ * only once the lam snapshot that covers them is on disk). On failure
+ * everything is rolled back. Returns HD_OK or HD_EDB. */
 hd_rc store_batch_commit(store_t *st, const store_op *ops, const store_hot *hots, size_t n_hots,
-                         hd_err *err);
+                         int durable, hd_err *err);
 
 /* ---- loading at start ----------------------------------------------------- */
 

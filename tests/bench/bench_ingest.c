@@ -2,7 +2,9 @@
  * libcurl clients (keep-alive, one thread each) post 20,400-float32
  * hypergradients (the paper's sinusoid lam, .npy <f4, 81 KB) to an async
  * run, each on its own lease. Reports posts/s and p50/p99 latency with
- * durability (group commit, synchronous=NORMAL) next to the HTTP floor (the
+ * durability (the default synchronous=NORMAL: each post's record in the
+ * run's post log, lam snapshots in SQLite; docs/STORAGE.md) next to the
+ * HTTP floor (the
  * same binary in the same MHD mode, started with --bench-discard-posts:
  * it authenticates, reads the body and answers without applying or storing
  * it), and lam pulls per second (GET /hyper, 4 clients).

@@ -9,11 +9,15 @@
  * exactly M*T*B (none lost, none applied twice).
  *
  * Then the async post log (docs/STORAGE.md): 600 posts on one lease cross
- * two lam snapshots and wrap the 512-slot ring; after a SIGKILL right after
- * the last acknowledged post, repeated posts (old ones whose idempotency
- * rows were written at a snapshot, recent ones only in the log) get their
- * original answers and change nothing, lam is bit-identical to the one
- * published before the kill, and the post counter is exact. */
+ * two lam snapshots (and rotations of the post log files); after a SIGKILL
+ * right after the last acknowledged post, and a torn record appended to
+ * every post log file (a write the kill interrupted, never acknowledged),
+ * repeated posts (old ones whose idempotency rows were written at a
+ * snapshot, recent ones only in the log) get their original answers and
+ * change nothing, lam is bit-identical to the one published before the
+ * kill, and the post counter is exact. The same with float64 posts, and
+ * again (float32) with --sync full. */
+#include <dirent.h>
 #include <pthread.h>
 
 #include "../integ/simworker.h"
@@ -37,6 +41,14 @@ static const char *spec_alog =
     "\"inner\":{\"steps\":1000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":2,"
     "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f4\","
     "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
+
+/* The same run with float64 on the wire (the post log stores the doubles). */
+static const char *spec_alog_f8 =
+    "{\"task\":{\"family\":\"sinusoid\"},\"model\":{\"layers\":[1,32,32,1],\"hyper_layers\":2},"
+    "\"inner\":{\"steps\":1000},\"method\":{\"name\":\"fo\"},\"episodes\":1,\"meta_batch\":2,"
+    "\"mode\":\"async\",\"max_staleness\":1000000,\"wire_dtype\":\"f8\","
+    "\"eval\":{\"meta_val_tasks\":0,\"meta_test_tasks\":0}}";
+static int alog_f8; /* async_log_idempotency: spec_alog_f8 and float64 posts */
 
 static long kill_base = -1; /* async phase: kill points relative to this request */
 
@@ -109,7 +121,7 @@ static long alog_post(hdc_conn *c, const char *lease, const char *token, long t,
         g[i] = 1e-4 * (double)((long)((size_t)t * 31 + i * 17) % 101 - 50);
     uint8_t *npy = NULL;
     size_t len = 0, shape[1] = {n};
-    npy_encode(NPY_F32, 1, shape, g, &npy, &len, NULL);
+    npy_encode(alog_f8 ? NPY_F64 : NPY_F32, 1, shape, g, &npy, &len, NULL);
     free(g);
     char url[512];
     snprintf(url, sizeof url, "%s/v1/leases/%s/steps/%ld?slots=1&version=%lld", srv.base, lease, t,
@@ -124,13 +136,41 @@ static long alog_post(hdc_conn *c, const char *lease, const char *token, long t,
     return st;
 }
 
+/* Append a torn record (a header start and part of a body, as a killed
+ * write leaves it) to every post log file of the database; returns the
+ * number of files. */
+static int tear_post_logs(void) {
+    char prefix[400];
+    const char *base = strrchr(srv.db, '/');
+    snprintf(prefix, sizeof prefix, "%s-plog-", base ? base + 1 : srv.db);
+    DIR *d = opendir(srv.dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, prefix, strlen(prefix)) != 0) continue;
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", srv.dir, de->d_name);
+        FILE *f = fopen(path, "ab");
+        if (!f) continue;
+        static const unsigned char torn[] = {'H', 'D', 'P', 'L', 1, 2, 3, 4, 5, 6, 7, 8, 9};
+        fwrite(torn, 1, sizeof torn, f);
+        for (int i = 0; i < 3000; i++) fputc(i & 0xff, f);
+        fclose(f);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
 static void async_log_idempotency(void) {
     hdc_conn c;
     hdc_conn_init(&c);
     char url[512], token[160], wid[64], lease[64], body[256];
     hdc_resp r;
     snprintf(url, sizeof url, "%s/v1/runs", srv.base);
-    hdc_req(&c, "POST", url, HDC_ADMIN, spec_alog, strlen(spec_alog), NULL, &r);
+    const char *sp = alog_f8 ? spec_alog_f8 : spec_alog;
+    hdc_req(&c, "POST", url, HDC_ADMIN, sp, strlen(sp), NULL, &r);
     CHECK_EQ_INT(r.status, 201);
     long long run = hdc_json_int(r.body, "id", -1);
     hdc_json_str(r.body, "worker_token", token, sizeof token);
@@ -169,6 +209,7 @@ static void async_log_idempotency(void) {
     hdc_conn_clear(&c);
     pthread_mutex_lock(&mu);
     hdc_stop(&srv, SIGKILL);
+    CHECK_MSG(tear_post_logs() >= 1, "no post log file beside %s", srv.db);
     CHECK_EQ_INT(hdc_start(&srv), 0);
     pthread_mutex_unlock(&mu);
     hdc_conn_init(&c);
@@ -326,6 +367,17 @@ int main(void) {
     free(lams[0]);
     free(lams[1]);
     fprintf(stderr, "after the async phase: kills fixed %d, restarts %d\n", kills_fixed, restarts);
+    async_log_idempotency();
+    alog_f8 = 1;
+    async_log_idempotency();
+    alog_f8 = 0;
+    /* --sync full: a post is fdatasynced (by the committer) before its ack. */
+    pthread_mutex_lock(&mu);
+    hdc_stop(&srv, SIGTERM);
+    snprintf(srv.extra[srv.nextra++], sizeof srv.extra[0], "--sync");
+    snprintf(srv.extra[srv.nextra++], sizeof srv.extra[0], "full");
+    CHECK_EQ_INT(hdc_start(&srv), 0);
+    pthread_mutex_unlock(&mu);
     async_log_idempotency();
     hdc_conn_clear(&c);
     hdc_stop(&srv, SIGTERM);
