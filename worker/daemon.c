@@ -53,7 +53,7 @@ typedef struct {
     run_spec spec;       /* the run's spec */
     int have_spec;
     mlp_t *m;
-    episode_t *eps[MAX_SLOTS];
+    episode_t *aux; /* one-task episode for estimation and evaluation jobs */
     task_t tasks[MAX_SLOTS];
     size_t nl, nw;
     double *lam;      /* cached lam */
@@ -167,11 +167,9 @@ static void release_lease(daemon_t *d) {
 /* ---- the run's model and state ---- */
 
 static void free_model(daemon_t *d) {
-    for (int i = 0; i < MAX_SLOTS; i++) {
-        episode_free(d->eps[i]);
-        d->eps[i] = NULL;
-        task_clear(&d->tasks[i]);
-    }
+    episode_free(d->aux);
+    d->aux = NULL;
+    for (int i = 0; i < MAX_SLOTS; i++) task_clear(&d->tasks[i]);
     mlp_free(d->m);
     d->m = NULL;
     free(d->lam);
@@ -184,22 +182,20 @@ static void free_model(daemon_t *d) {
     d->have_spec = 0;
 }
 
-/* Episodes and tasks for slots [0, n) of the run's spec. Returns 0 or -1. */
-static int ensure_eps(daemon_t *d, int n) {
+/* Tasks for slots [0, n) of the run's spec. Returns 0 or -1. */
+static int ensure_tasks(daemon_t *d, int n) {
     const run_spec *sp = &d->spec;
     hd_err err = {0};
-    for (int i = 0; i < n && i < MAX_SLOTS; i++) {
-        if (d->eps[i]) continue;
-        if (episode_new(d->m, &d->spec.inner, &d->spec.method, sp->steps, sp->task.shots,
-                        sp->task.queries, &d->eps[i], &err) != HD_OK ||
-            task_alloc(&d->tasks[i], sp->task.shots, sp->task.queries, sp->task.in_dim,
+    if (n > MAX_SLOTS) return -1;
+    for (int i = 0; i < n; i++) {
+        if (d->tasks[i].xs) continue;
+        if (task_alloc(&d->tasks[i], sp->task.shots, sp->task.queries, sp->task.in_dim,
                        sp->task.out_dim, &err) != HD_OK) {
-            HD_LOG_ERROR("episode error=\"%s\"", err.msg);
+            HD_LOG_ERROR("task error=\"%s\"", err.msg);
             return -1;
         }
-        episode_set_guard(d->eps[i], sp->skip_nonfinite, sp->guard_loss);
     }
-    return n <= MAX_SLOTS ? 0 : -1;
+    return 0;
 }
 
 /* GET /v1/runs/{id}: returns 0 and loads the spec, or the HTTP status. */
@@ -247,7 +243,13 @@ static long load_run(daemon_t *d, long run) {
     d->sx = calloc((size_t)sp->steps, sizeof(double));
     d->sy = calloc((size_t)sp->steps, sizeof(double));
     if (!d->lam || !d->g || !d->gsum || !d->phi || !d->sx || !d->sy) return -1;
-    if (ensure_eps(d, 1) != 0) return -1;
+    if (ensure_tasks(d, 1) != 0) return -1;
+    if (episode_new(d->m, &d->spec.inner, &d->spec.method, sp->steps, sp->task.shots,
+                    sp->task.queries, &d->aux, &err) != HD_OK) {
+        HD_LOG_ERROR("episode error=\"%s\"", err.msg);
+        return -1;
+    }
+    episode_set_guard(d->aux, sp->skip_nonfinite, sp->guard_loss);
     d->lam_version = d->phi_version = -1;
     d->have_spec = 1;
     d->run = run;
@@ -499,7 +501,7 @@ static job_rc group_add(daemon_t *d, const cJSON *job, int upto, long v0, double
         if (!cJSON_IsNumber(it) || d->gslots + L->K >= MAX_SLOTS) return JOB_FATAL;
         L->slots[L->K++] = it->valueint;
     }
-    if (L->K < 1 || ensure_eps(d, d->gslots + L->K) != 0) return JOB_FATAL;
+    if (L->K < 1 || ensure_tasks(d, d->gslots + L->K) != 0) return JOB_FATAL;
     int m = (int)jnum(job, "episode", 0);
     hd_err err = {0};
     for (int i = 0; i < L->K; i += d->chunk) {
@@ -682,10 +684,10 @@ static job_rc job_estimate(daemon_t *d, const cJSON *job, const int *slots, int 
     for (int i = 0; i < K; i++) {
         task_make(&sp->task, sp->seed, TASK_STREAM_TRAIN, (uint64_t)m, (uint64_t)slots[i],
                   &d->tasks[0]);
-        episode_begin(d->eps[0], d->phi, d->tasks[0].xs, d->tasks[0].ys, d->tasks[0].xq,
+        episode_begin(d->aux, d->phi, d->tasks[0].xs, d->tasks[0].ys, d->tasks[0].xq,
                       d->tasks[0].yq);
         hd_err err = {0};
-        int ok = episode_estimate(d->eps[0], d->lam, sp->method.gamma, d->sx, d->sy, NULL, NULL,
+        int ok = episode_estimate(d->aux, d->lam, sp->method.gamma, d->sx, d->sy, NULL, NULL,
                                   &err) == HD_OK;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "slot", slots[i]);
@@ -732,7 +734,7 @@ static job_rc job_eval(daemon_t *d, const cJSON *job) {
     for (int i = first; i < first + count; i += 20) {
         int n = first + count - i < 20 ? first + count - i : 20;
         double s = 0.0;
-        runner_eval(sp, d->eps[0], &d->tasks[0], d->lam, d->phi, ts, i, n, &blow, &s);
+        runner_eval(sp, d->aux, &d->tasks[0], d->lam, d->phi, ts, i, n, &blow, &s);
         sum += s;
         heartbeat(d, 0);
     }

@@ -162,7 +162,7 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
     linest_sums *sums = NULL;
     episode_info *info = NULL;
     task_t *tasks = NULL;
-    double *lam = NULL, *phi = NULL, *g = NULL, *gsum = NULL, *wsum = NULL, *sx = NULL, *sy = NULL;
+    double *lam = NULL, *phi = NULL, *gsum = NULL, *wsum = NULL, *sx = NULL, *sy = NULL;
     outer_state ost;
     memset(&ost, 0, sizeof ost);
     outputs out;
@@ -174,7 +174,6 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
     size_t nl = mlp_n_lam(m), nw = mlp_n_w(m);
     lam = calloc(nl ? nl : 1, sizeof *lam);
     phi = calloc(nw, sizeof *phi);
-    g = calloc(nl ? nl : 1, sizeof *g);
     gsum = calloc(nl ? nl : 1, sizeof *gsum);
     wsum = calloc(nw, sizeof *wsum);
     sx = calloc((size_t)B * T, sizeof *sx);
@@ -182,7 +181,7 @@ hd_rc runner_local(const run_spec *sp, const runner_opts *opts, runner_result *r
     sums = calloc((size_t)B, sizeof *sums);
     info = calloc((size_t)B, sizeof *info);
     tasks = calloc((size_t)B, sizeof *tasks);
-    if (!lam || !phi || !g || !gsum || !wsum || !sx || !sy || !sums || !info || !tasks) {
+    if (!lam || !phi || !gsum || !wsum || !sx || !sy || !sums || !info || !tasks) {
         rc = hd_err_set(err, HD_ENOMEM, "runner: out of memory");
         goto done;
     }
@@ -328,7 +327,6 @@ done:
     free(tasks);
     free(lam);
     free(phi);
-    free(g);
     free(gsum);
     free(wsum);
     free(sx);
